@@ -1,0 +1,35 @@
+"""meds: noise-robust industrial anomaly detection (MeDS, Memory-Distilled Selection).
+
+The kernel functions (``group_min_distance``, ``ensemble_distance``, ``sample_banks``,
+``expected_min_distance``, ``build_info``) live in :mod:`meds.ops`; the estimator
+:class:`MeDS` in :mod:`meds.model`. Both are imported on first use so that
+``import meds`` stays cheap (torch and timm load only when needed).
+"""
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "group_min_distance": "meds.ops",
+    "ensemble_distance": "meds.ops",
+    "sample_banks": "meds.ops",
+    "expected_min_distance": "meds.ops",
+    "build_info": "meds.ops",
+    "MeDS": "meds.model",
+}
+
+__all__ = sorted(_LAZY) + ["__version__"]
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'meds' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__
