@@ -1,0 +1,127 @@
+"""Stage 1 of MeDS: the bootstrap memory ensemble (design.md §1).
+
+Every training image's patches are scored against ``B`` partial memories, each the set of
+all patches of ``ceil(rho * N)`` images drawn with replacement. Memories are unions of
+whole images, so one pass of :func:`meds.ops.group_min_distance` (nearest distance from a
+patch to every image) followed by a reduction over the banks gives the exact ensemble
+score (:func:`meds.ops.ensemble_distance`). ``n_banks="exact"`` replaces the Monte Carlo
+average by its B -> infinity limit (:func:`meds.ops.expected_min_distance`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Union
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import ops
+
+BankCount = Union[int, str]
+
+
+def _check_bank_count(n_banks: BankCount) -> None:
+    if isinstance(n_banks, str):
+        if n_banks != "exact":
+            raise ValueError(f"memory_scores: n_banks must be a positive int or 'exact', got {n_banks!r}")
+    elif int(n_banks) < 1:
+        raise ValueError(f"memory_scores: n_banks must be >= 1, got {n_banks}")
+
+
+def memory_scores(
+    features: torch.Tensor,
+    *,
+    n_banks: BankCount = 100,
+    bank_ratio: float = 0.1,
+    replace: bool = True,
+    exclude_self: bool = False,
+    metric: str = "cosine",
+    seed: int = 0,
+    images_per_chunk: int = 16,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Memory-ensemble score of every training patch.
+
+    Args:
+        features: Training patch features ``(N, L, D)`` float32 (CPU or CUDA).
+        n_banks: Number of memories ``B``, or ``"exact"`` for the closed-form limit.
+        bank_ratio: Share ``rho`` of the images in each memory, in ``(0, 1]``.
+        replace: Draw each memory's images with replacement (the official code does).
+        exclude_self: Leave-one-out: a patch never matches its own image.
+        metric: ``"cosine"``, ``"l2"`` or ``"sqeuclidean"``.
+        seed: Seed of the bank draw.
+        images_per_chunk: Query images scored per kernel call (bounds memory, drives the
+            progress bar).
+        progress: Show a progress bar.
+
+    Returns:
+        ``(N, L)`` float32 scores on the device of ``features``.
+    """
+    _check_bank_count(n_banks)
+    if features.dim() != 3:
+        raise ValueError(f"memory_scores: features must be (N, L, D), got shape {tuple(features.shape)}")
+    n_images, n_patches, dim = features.shape
+    if n_images < 2:
+        raise ValueError(f"memory_scores: need at least 2 training images, got {n_images}")
+    if not 0.0 < bank_ratio <= 1.0:
+        raise ValueError(f"memory_scores: bank_ratio must be in (0, 1], got {bank_ratio}")
+
+    memory = features.reshape(n_images * n_patches, dim)
+    groups = torch.arange(n_images, device=features.device).repeat_interleave(n_patches)
+    bank_size = int(math.ceil(bank_ratio * n_images))
+    banks = None
+    if n_banks != "exact":
+        banks = ops.sample_banks(n_images, n_banks=int(n_banks), ratio=bank_ratio, replace=replace, seed=seed)
+        banks = torch.as_tensor(banks, device=features.device)
+
+    scores = torch.empty(n_images, n_patches, dtype=torch.float32, device=features.device)
+    starts = range(0, n_images, images_per_chunk)
+    for start in tqdm(starts, desc="stage 1: memory ensemble", unit="chunk", disable=not progress):
+        stop = min(start + images_per_chunk, n_images)
+        queries = memory[start * n_patches : stop * n_patches]
+        query_groups = groups[start * n_patches : stop * n_patches]
+        if banks is None:
+            nearest = ops.group_min_distance(
+                queries, memory, groups, n_images, metric=metric,
+                query_groups=query_groups, exclude_self=exclude_self,
+            )
+            chunk = ops.expected_min_distance(nearest, bank_size, replace=replace)
+        else:
+            chunk = ops.ensemble_distance(
+                queries, memory, groups, banks, metric=metric,
+                query_groups=query_groups, exclude_self=exclude_self,
+            )
+        scores[start:stop] = chunk.reshape(stop - start, n_patches)
+    if torch.isnan(scores).any():
+        # Only possible with exclude_self and tiny banks: a patch whose every memory held
+        # only its own image. Fall back to the largest score seen (most suspicious).
+        scores = torch.nan_to_num(scores, nan=float(np.nanmax(scores.cpu().numpy())))
+    return scores
+
+
+def nearest_neighbour_scores(
+    queries: torch.Tensor,
+    memory: torch.Tensor,
+    *,
+    metric: str = "cosine",
+    rows_per_chunk: int = 16384,
+) -> torch.Tensor:
+    """Distance from each query patch to its nearest memory patch (full memory, k = 1).
+
+    Args:
+        queries: ``(Nq, D)`` patch features.
+        memory: ``(Nm, D)`` patch features (the whole memory is one group).
+        metric: Distance metric.
+        rows_per_chunk: Queries per kernel call.
+
+    Returns:
+        ``(Nq,)`` float32 distances.
+    """
+    groups = torch.zeros(memory.shape[0], dtype=torch.int64, device=memory.device)
+    out = torch.empty(queries.shape[0], dtype=torch.float32, device=queries.device)
+    for start in range(0, queries.shape[0], rows_per_chunk):
+        stop = min(start + rows_per_chunk, queries.shape[0])
+        out[start:stop] = ops.group_min_distance(queries[start:stop], memory, groups, 1, metric=metric)[:, 0]
+    return out

@@ -1,0 +1,96 @@
+"""Test-time post-processing shared by MeDS and the baselines (design.md §1, "Test time").
+
+Patch scores on the feature grid -> bilinear upsampling to the input size -> Gaussian
+blur (sigma = 4) -> pixel map; the image score is the mean of the top 1% of pixels.
+The same top-fraction mean (``top_fraction_mean``) is the ``agg`` of progressive selection.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def top_fraction_mean(scores: torch.Tensor, fraction: float = 0.01) -> torch.Tensor:
+    """Mean of the largest ``fraction`` of the values in each row.
+
+    Args:
+        scores: ``(N, P)`` scores (patches or pixels) per image.
+        fraction: Share of the values to average; at least one value is used.
+
+    Returns:
+        ``(N,)`` aggregated scores.
+    """
+    scores = scores.reshape(scores.shape[0], -1)
+    k = max(1, int(math.ceil(fraction * scores.shape[1])))
+    return scores.topk(k, dim=1).values.mean(dim=1)
+
+
+def gaussian_kernel1d(sigma: float, device=None) -> torch.Tensor:
+    """Normalised 1-D Gaussian of radius ``ceil(4 sigma)`` (anomalib's kernel size)."""
+    radius = int(4.0 * sigma + 0.5)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32, device=device)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    return kernel / kernel.sum()
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of ``(N, H, W)`` maps with reflect padding."""
+    if sigma <= 0:
+        return maps
+    kernel = gaussian_kernel1d(sigma, maps.device)
+    radius = kernel.numel() // 2
+    x = maps.unsqueeze(1)
+    pad_h = min(radius, maps.shape[1] - 1)
+    pad_w = min(radius, maps.shape[2] - 1)
+    if pad_w > 0:
+        k = kernel[radius - pad_w : radius + pad_w + 1]
+        x = F.conv2d(F.pad(x, (pad_w, pad_w, 0, 0), mode="reflect"), (k / k.sum()).view(1, 1, 1, -1))
+    if pad_h > 0:
+        k = kernel[radius - pad_h : radius + pad_h + 1]
+        x = F.conv2d(F.pad(x, (0, 0, pad_h, pad_h), mode="reflect"), (k / k.sum()).view(1, 1, -1, 1))
+    return x.squeeze(1)
+
+
+def anomaly_maps(
+    patch_scores: torch.Tensor,
+    grid: Sequence[int],
+    size: Sequence[int],
+    sigma: float = 4.0,
+) -> torch.Tensor:
+    """Turn patch scores into smooth pixel maps.
+
+    Args:
+        patch_scores: ``(N, h*w)`` scores on the feature grid.
+        grid: ``(h, w)`` of the feature grid.
+        size: ``(H, W)`` of the output maps (the model's input size).
+        sigma: Standard deviation of the Gaussian blur, in output pixels.
+
+    Returns:
+        ``(N, H, W)`` float32 pixel maps.
+    """
+    h, w = int(grid[0]), int(grid[1])
+    maps = patch_scores.float().reshape(-1, 1, h, w)
+    maps = F.interpolate(maps, size=(int(size[0]), int(size[1])), mode="bilinear", align_corners=False)
+    return gaussian_blur(maps.squeeze(1), sigma)
+
+
+def resize_map(pixel_map: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """Bilinearly resize one ``(H, W)`` map to ``size = (H', W')``."""
+    if tuple(pixel_map.shape) == (int(size[0]), int(size[1])):
+        return pixel_map
+    t = torch.from_numpy(np.ascontiguousarray(pixel_map, dtype=np.float32))[None, None]
+    out = F.interpolate(t, size=(int(size[0]), int(size[1])), mode="bilinear", align_corners=False)
+    return out[0, 0].numpy()
+
+
+def robust_threshold(scores: np.ndarray, k: float = 3.0) -> float:
+    """``median + k * 1.4826 * MAD`` of ``scores``: an outlier cut needing no labels."""
+    scores = np.asarray(scores, dtype=np.float64)
+    median = float(np.median(scores))
+    mad = float(np.median(np.abs(scores - median)))
+    return median + k * 1.4826 * mad

@@ -1,0 +1,164 @@
+"""The MeDS estimator end to end on a tiny contaminated synthetic category."""
+
+import numpy as np
+import pytest
+import torch
+
+import meds
+from meds.baselines import MemoryEnsembleDetector, NearestNeighbourDetector
+from meds.data import contaminate, generate_synthetic, load_dataset
+from meds.metrics import image_auroc
+from meds.network import NetworkConfig
+from meds.train import TrainConfig
+
+TINY_NETWORK = NetworkConfig(dim=32, depth=1, heads=2)
+
+
+def tiny_meds(**kwargs):
+    settings = dict(
+        image_size=96, network=TINY_NETWORK, n_banks=20,
+        train=TrainConfig(distill_steps=40, finetune_steps=40, batch_size=8, checkpoint_every=10),
+        device="cpu", verbose=False,
+    )
+    settings.update(kwargs)
+    return meds.MeDS(**settings)
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    generate_synthetic(root, categories=["tile"], n_train=20, n_test_good=8, n_test_defect=16, image_size=96, seed=3)
+    data = load_dataset(root, category="tile", format="mvtec")
+    return contaminate(data, 0.4, seed=0)
+
+
+@pytest.fixture(scope="module")
+def fitted(split):
+    return tiny_meds().fit(split.train_paths())
+
+
+def test_meds_finds_the_injected_defects(split, fitted):
+    is_noise = split.noise_labels()
+    assert is_noise.sum() == 8
+    assert fitted.training_scores_.shape == (len(split.train),)
+    assert image_auroc(is_noise.astype(int), fitted.training_scores_) >= 0.9
+    # The final selection trusts mostly normal images.
+    assert fitted.selected_.dtype == bool
+    assert is_noise[fitted.selected_].mean() < 0.5 * is_noise.mean()
+
+
+def test_meds_beats_the_full_memory_nearest_neighbour(split, fitted):
+    labels = split.test_labels()
+    ours = image_auroc(labels, fitted.predict(split.test_paths(), return_maps=False).scores)
+    baseline = NearestNeighbourDetector(image_size=96, device="cpu", verbose=False).fit(split.train_paths())
+    theirs = image_auroc(labels, baseline.predict(split.test_paths(), return_maps=False).scores)
+    assert ours > theirs
+
+
+def test_predict_returns_maps_at_each_image_size(split, fitted, tmp_path):
+    from PIL import Image
+
+    odd = tmp_path / "odd.png"
+    Image.fromarray(np.zeros((70, 50, 3), np.uint8)).save(odd)
+    out = fitted.predict([split.test_paths()[0], str(odd)])
+    assert out.scores.shape == (2,) and out.labels.dtype == bool
+    assert out.maps[0].shape == (96, 96) and out.maps[1].shape == (70, 50)
+    assert out.threshold == fitted.threshold_
+    np.testing.assert_array_equal(out.labels, out.scores > out.threshold)
+
+
+def test_save_load_gives_identical_predictions(split, fitted, tmp_path):
+    fitted.save(tmp_path / "model")
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["config.json", "model.safetensors"]
+    loaded = meds.MeDS.load(tmp_path / "model", device="cpu", verbose=False)
+    paths = split.test_paths()[:6]
+    a, b = fitted.predict(paths), loaded.predict(paths)
+    np.testing.assert_array_equal(a.scores, b.scores)
+    for ma, mb in zip(a.maps, b.maps):
+        np.testing.assert_array_equal(ma, mb)
+    np.testing.assert_array_equal(loaded.training_scores_, fitted.training_scores_)
+    np.testing.assert_array_equal(loaded.selected_, fitted.selected_)
+    assert loaded.get_config() == fitted.get_config()
+
+
+def test_load_refuses_a_folder_without_a_model(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        meds.MeDS.load(tmp_path)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_fit_resumes_after_an_interruption(split, fitted, tmp_path):
+    def stop_in_stage3(stage, step, total, loss):
+        if stage == "finetune" and step == 25:
+            raise Interrupted()
+
+    with pytest.raises(Interrupted):
+        tiny_meds().fit(split.train_paths(), checkpoint_dir=tmp_path, callback=stop_in_stage3)
+    assert (tmp_path / "train_state.json").exists() and (tmp_path / "memory_scores.json").exists()
+    seen = []
+    resumed = tiny_meds().fit(split.train_paths(), checkpoint_dir=tmp_path,
+                              callback=lambda stage, step, total, loss: seen.append((stage, step)))
+    assert ("distill", 1) not in seen and seen[0][0] == "finetune"  # stages 1-2 were not redone
+    np.testing.assert_allclose(resumed.training_scores_, fitted.training_scores_, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(resumed.selected_, fitted.selected_)
+
+
+def test_variants_run_exact_banks_and_exclude_self(split):
+    exact = tiny_meds(n_banks="exact", train=TrainConfig(distill_steps=5, finetune_steps=5, batch_size=8))
+    loo = tiny_meds(exclude_self=True, train=TrainConfig(distill_steps=5, finetune_steps=5, batch_size=8))
+    for model in (exact.fit(split.train_paths()), loo.fit(split.train_paths())):
+        assert np.isfinite(model.training_scores_).all() and np.isfinite(model.memory_scores_).all()
+    # Leave-one-out memory scores are never below the ones that allow self matches.
+    plain = tiny_meds(train=TrainConfig(distill_steps=0, finetune_steps=0)).fit(split.train_paths())
+    assert np.all(loo.memory_scores_ >= plain.memory_scores_ - 1e-6)
+
+
+def test_memory_ensemble_detector_scores_defects_higher(split):
+    det = MemoryEnsembleDetector(image_size=96, n_banks=20, device="cpu", verbose=False).fit(split.train_paths())
+    assert image_auroc(split.noise_labels().astype(int), det.training_scores_) >= 0.9
+    scores = det.predict(split.test_paths(), return_maps=False).scores
+    assert image_auroc(split.test_labels(), scores) > 0.5
+
+
+@pytest.mark.parametrize(
+    "images,error,match",
+    [
+        ([], ValueError, "at least 2"),
+        (["ONE"], ValueError, "at least 2"),
+        ("MIXED", ValueError, "one size"),
+        ([np.zeros((32, 32, 3), np.int32)] * 3, TypeError, "dtype"),
+        ("a_folder_name", TypeError, "list"),
+    ],
+)
+def test_fit_rejects_bad_training_sets(split, images, error, match):
+    if images == ["ONE"]:
+        images = split.train_paths()[:1]
+    elif images == "MIXED":
+        images = [np.zeros((32, 32, 3), np.uint8), np.zeros((40, 32, 3), np.uint8)]
+    with pytest.raises(error, match=match):
+        tiny_meds().fit(images)
+
+
+def test_predict_before_fit_and_bad_options():
+    with pytest.raises(RuntimeError, match="fit"):
+        tiny_meds().predict([np.zeros((32, 32, 3), np.uint8)])
+    with pytest.raises(ValueError, match="n_banks"):
+        meds.MeDS(n_banks=0)
+    with pytest.raises(ValueError, match="bank_ratio"):
+        meds.MeDS(bank_ratio=1.5)
+    with pytest.raises(ValueError, match="network"):
+        meds.MeDS(network="huge")
+
+
+def test_fit_is_reproducible_and_leaves_the_global_rng_alone(split):
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    a = tiny_meds(train=TrainConfig(distill_steps=8, finetune_steps=8, batch_size=8)).fit(split.train_paths())
+    after = torch.rand(1)
+    assert torch.equal(before, after)
+    b = tiny_meds(train=TrainConfig(distill_steps=8, finetune_steps=8, batch_size=8)).fit(split.train_paths())
+    np.testing.assert_array_equal(a.training_scores_, b.training_scores_)
