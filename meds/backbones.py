@@ -53,7 +53,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 #: ``layers``, ``image_size``, ``crop_size``, ``mean``, ``std``, ``neighbourhood``.
 #:
 #: * ``tf_efficientnet_lite0``: the embedded default. timm feature levels 2 and 3 (stride 8,
-#:   40 channels; stride 16, 112 channels) -> a 32x32 grid at 256x256 input, D = 152,
+#:   40 channels; stride 16, 112 channels) -> a 28x28 grid at 224x224 input (784 patches,
+#:   as many as the paper's ViT setting), D = 152,
 #:   3x3 neighbourhood averaging (PatchCore-style), mean = std = 0.5.
 #: * ``dinov2_vitb14_reg``: the paper setting. DINOv2-with-registers ViT-B/14, resize 448, centre
 #:   crop 392 -> 28x28 grid, the last block after the final norm, patch tokens only, D = 768
@@ -67,7 +68,7 @@ BACKBONE_PRESETS: dict[str, dict[str, Any]] = {
     "tf_efficientnet_lite0": dict(
         model="tf_efficientnet_lite0",
         layers=(2, 3),
-        image_size=256,
+        image_size=224,
         crop_size=None,
         mean=(0.5, 0.5, 0.5),
         std=(0.5, 0.5, 0.5),
@@ -464,10 +465,15 @@ class PatchFeatureExtractor(nn.Module):
     # ---- construction -----------------------------------------------------------------------
 
     def _create(self, timm, arch_full, arch, weights, kwargs):
+        # timm initialises every model randomly before weights are loaded: seed that on a
+        # forked RNG so building an extractor never moves the caller's global RNG.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            return self._create_model(timm, arch_full, arch, weights, kwargs)
+
+    def _create_model(self, timm, arch_full, arch, weights, kwargs):
         if weights is None:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.seed)
-                return timm.create_model(arch_full, pretrained=False, **kwargs)
+            return timm.create_model(arch_full, pretrained=False, **kwargs)
         if weights == "default" and arch == _LITE0_ARCH:
             model = timm.create_model(arch_full, pretrained=False, **kwargs)
             path = embedded_efficientnet_lite0_path()

@@ -72,7 +72,7 @@ def test_lite0_mapping_rule_and_errors(lite0_classifier):
 
 def test_lite0_features_match_classifier_layers(lite0, lite0_classifier):
     assert lite0.group_dims == (40, 112)
-    assert lite0.grid == (32, 32)
+    assert lite0.grid == (28, 28)  # at the preset input size, 224
     assert lite0.mean == (0.5, 0.5, 0.5) and lite0.std == (0.5, 0.5, 0.5)
     x = _cat(256)
     pf = lite0(x)
@@ -204,7 +204,7 @@ def test_preprocess(lite0, tmp_path):
     torch.testing.assert_close(g[:, 0] * ext.std[0] + ext.mean[0], g[:, 1] * ext.std[1] + ext.mean[1])
     # lite0: 0.5 normalisation maps [0, 1] to [-1, 1]
     y = lite0.preprocess([np.full((10, 10, 3), 255, np.uint8)])
-    assert y.shape == (1, 3, 256, 256) and torch.allclose(y, torch.ones_like(y))
+    assert y.shape == (1, 3, 224, 224) and torch.allclose(y, torch.ones_like(y))
 
 
 def test_extract_batches_equal_forward():

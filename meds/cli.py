@@ -1,0 +1,396 @@
+"""The ``meds`` command line (also ``python -m meds``).
+
+    meds fit DATA [--category C] --out RUN        train one model per category
+    meds predict RUN IMAGES... --out DIR          scores, labels and heat maps
+    meds audit DATA [--category C] --out DIR      rank the training images by suspicion
+    meds eval DATA --noise 0,0.1 --seeds 0,1,2    the noise-robustness table
+    meds demo                                     everything above on a synthetic set
+    meds bench                                    kernel throughput table
+
+Errors print one line and exit non-zero; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+class CLIError(Exception):
+    """A problem the user can fix; printed as one line."""
+
+
+# -- argument helpers ------------------------------------------------------------------
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected non-negative numbers, got {text!r}")
+    return values
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return values
+
+
+def _n_banks(text: str):
+    if text == "exact":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'exact', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'exact', got {text!r}")
+    return value
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--backbone", default="tf_efficientnet_lite0", help="backbone preset or timm name")
+    g.add_argument("--weights", default="default", help="'default' (embedded / hub) or a local weights file")
+    g.add_argument("--image-size", type=int, default=None, help="encoder input size (default: the preset's)")
+    g.add_argument("--n-banks", type=_n_banks, default=100, help="memories B, or 'exact' (default 100)")
+    g.add_argument("--bank-ratio", type=float, default=0.1, help="share rho of images per memory (default 0.1)")
+    g.add_argument("--exclude-self", action="store_true", help="leave-one-out memory scores")
+    g.add_argument("--network", default="small", help="network preset: small, base, dinomaly")
+    g.add_argument("--steps", type=int, default=None, help="iterations of stage 2 and of stage 3 (default: auto)")
+    g.add_argument("--selection-k", type=float, default=3.0, help="k of the selection rule (default 3)")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1...")
+    g.add_argument("--seed", type=int, default=0)
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", help="dataset root: MVTec AD, VisA, Real-IAD or a plain folder")
+    p.add_argument("--category", action="append", help="category to use (repeatable; default: all)")
+    p.add_argument("--format", default="auto", choices=["auto", "mvtec", "visa", "realiad", "folder"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="meds",
+        description="Noise-robust anomaly detection on contaminated training data (MeDS).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("fit", help="train a model per category")
+    _add_data_options(p)
+    p.add_argument("--out", required=True, help="run folder (one model folder per category)")
+    _add_model_options(p)
+    _add_common(p)
+
+    p = sub.add_parser("predict", help="score images with a trained model")
+    p.add_argument("run", help="a model folder, or a run folder with --category")
+    p.add_argument("images", nargs="+", help="image files or folders of images")
+    p.add_argument("--category", help="category model inside the run folder")
+    p.add_argument("--out", required=True, help="output folder (predictions.csv, heatmaps/)")
+    p.add_argument("--device", default="auto")
+    _add_common(p)
+
+    p = sub.add_parser("audit", help="rank the training images by suspicion (HTML + CSV)")
+    _add_data_options(p)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--model", help="reuse a model folder written by 'meds fit' instead of training")
+    _add_model_options(p)
+    _add_common(p)
+
+    p = sub.add_parser("eval", help="noise-robustness evaluation per category")
+    _add_data_options(p)
+    p.add_argument("--noise", type=_float_list, default=[0.0, 0.1, 0.2, 0.4], help="noise ratios, e.g. 0,0.1,0.2,0.4")
+    p.add_argument("--seeds", type=_int_list, default=[0, 1, 2], help="seeds, e.g. 0,1,2")
+    p.add_argument("--methods", default="nearest_neighbour,meds,reconstruction", help="comma-separated methods (or 'all')")
+    p.add_argument("--overlap", action="store_true", help="keep injected defects in the test split (official protocol)")
+    p.add_argument("--out", help="folder for results.json and results.md")
+    _add_model_options(p)
+    _add_common(p)
+
+    p = sub.add_parser("demo", help="the whole pipeline on a generated synthetic dataset")
+    p.add_argument("--out", default="meds-demo", help="output folder (default ./meds-demo)")
+    p.add_argument("--noise", type=float, default=0.2, help="contamination ratio (default 0.2)")
+    p.add_argument("--categories", default=None, help="comma-separated synthetic categories (default: two)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    _add_common(p)
+
+    p = sub.add_parser("bench", help="kernel throughput table")
+    p.add_argument("--quick", action="store_true", help="small sizes")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--json", help="also write the results as JSON")
+    _add_common(p)
+    return parser
+
+
+# -- shared steps ----------------------------------------------------------------------
+
+
+def _model_kwargs(args) -> dict:
+    from .train import TrainConfig
+
+    if not 0.0 < args.bank_ratio <= 1.0:
+        raise CLIError(f"--bank-ratio must be in (0, 1], got {args.bank_ratio}")
+    if args.steps is not None and args.steps < 0:
+        raise CLIError(f"--steps must be >= 0, got {args.steps}")
+    train = TrainConfig(distill_steps=args.steps, finetune_steps=args.steps, selection_k=args.selection_k)
+    kwargs = dict(
+        backbone=args.backbone, weights=None if args.weights == "none" else args.weights,
+        n_banks=args.n_banks, bank_ratio=args.bank_ratio, exclude_self=args.exclude_self,
+        network=args.network, train=train, device=args.device, seed=args.seed, verbose=not args.quiet,
+    )
+    if args.image_size is not None:
+        kwargs["image_size"] = args.image_size
+    return kwargs
+
+
+def _load_categories(args) -> list:
+    from .data import list_categories, load_dataset
+
+    root = Path(args.data)
+    if not root.is_dir():
+        raise CLIError(f"data folder not found: {root}")
+    available = list_categories(root, format=args.format)
+    if not available:
+        raise CLIError(f"no categories with images found in {root}")
+    wanted = args.category or available
+    unknown = [c for c in wanted if c not in available]
+    if unknown:
+        raise CLIError(f"unknown category {unknown[0]!r} in {root}; available: {', '.join(available)}")
+    datasets = [load_dataset(root, category=c, format=args.format) for c in wanted]
+    for data in datasets:
+        if len(data.train) < 2:
+            raise CLIError(f"category {data.name!r} has {len(data.train)} training image(s); at least 2 are needed")
+    return datasets
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _expand_images(items: Sequence[str]) -> list[str]:
+    from .data.io import list_images
+    from .data.types import is_image_file
+
+    paths = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            found = [str(p) for p in list_images(path, recursive=True)]
+            if not found:
+                raise CLIError(f"no images found in folder {path}")
+            paths.extend(found)
+        elif path.is_file():
+            if not is_image_file(path):
+                raise CLIError(f"not an image file: {path}")
+            paths.append(str(path))
+        else:
+            raise CLIError(f"image not found: {path}")
+    return paths
+
+
+def _fit_category(data, kwargs: dict, checkpoint_dir: Optional[Path] = None):
+    from .model import MeDS
+
+    model = MeDS(**kwargs)
+    return model.fit(data.train_paths(), checkpoint_dir=checkpoint_dir)
+
+
+# -- commands --------------------------------------------------------------------------
+
+
+def cmd_fit(args) -> int:
+    kwargs = _model_kwargs(args)
+    out = Path(args.out)
+    for data in _load_categories(args):
+        target = out / data.name
+        _say(f"fitting {data.summary()}")
+        start = time.perf_counter()
+        model = _fit_category(data, kwargs, checkpoint_dir=target / "checkpoint")
+        model.save(target)
+        _write_training_scores(model, data, target / "training_scores.csv")
+        n_flagged = int((~model.selected_).sum())
+        _say(f"  saved {target} in {time.perf_counter() - start:.0f} s; "
+                   f"{n_flagged} of {len(data.train)} training images not trusted; threshold {model.threshold_:.4f}")
+    return 0
+
+
+def _write_training_scores(model, data, path: Path) -> None:
+    import csv
+    import io
+
+    from .io import atomic_write
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "score", "selected"])
+    for p, s, sel in zip(data.train_paths(), model.training_scores_, model.selected_):
+        writer.writerow([p, f"{s:.6f}", int(sel)])
+
+    def write(tmp: str) -> None:
+        Path(tmp).write_text(buffer.getvalue(), encoding="utf-8")
+
+    atomic_write(path, write)
+
+
+def _resolve_model_dir(run: str, category: Optional[str]) -> Path:
+    from .model import CONFIG_FILE
+
+    path = Path(run)
+    if category:
+        path = path / category
+    if (path / CONFIG_FILE).is_file():
+        return path
+    if not path.is_dir():
+        raise CLIError(f"model folder not found: {path}")
+    inside = sorted(p.name for p in path.iterdir() if (p / CONFIG_FILE).is_file())
+    if inside:
+        raise CLIError(f"{path} holds several category models ({', '.join(inside)}); choose one with --category")
+    raise CLIError(f"{path} holds no model (no {CONFIG_FILE}); train one with 'meds fit'")
+
+
+def cmd_predict(args) -> int:
+    from .model import MeDS
+    from .report import write_prediction_outputs
+
+    model_dir = _resolve_model_dir(args.run, args.category)
+    paths = _expand_images(args.images)
+    model = MeDS.load(model_dir, device=args.device, verbose=not args.quiet)
+    pred = model.predict(paths)
+    written = write_prediction_outputs(paths, pred.scores, pred.labels, pred.maps, None, args.out, pred.threshold,
+                                       progress=not args.quiet)
+    n_bad = int(pred.labels.sum())
+    _say(f"{len(paths)} images scored, {n_bad} above the threshold {pred.threshold:.4f}")
+    _say(f"wrote {written.get('csv', Path(args.out) / 'predictions.csv')}")
+    return 0
+
+
+def cmd_audit(args) -> int:
+    from .audit import write_audit
+    from .model import MeDS
+
+    kwargs = _model_kwargs(args)
+    out = Path(args.out)
+    datasets = _load_categories(args)
+    for data in datasets:
+        target = out / data.name if len(datasets) > 1 else out
+        if args.model:
+            model = MeDS.load(_resolve_model_dir(args.model, data.name if len(datasets) > 1 else None),
+                              device=args.device, verbose=not args.quiet)
+            if len(model.training_scores_) != len(data.train):
+                raise CLIError(f"--model was trained on {len(model.training_scores_)} images, "
+                               f"but {data.name!r} has {len(data.train)}")
+        else:
+            _say(f"fitting {data.summary()}")
+            model = _fit_category(data, kwargs)
+        settings = {"category": data.name, "training images": len(data.train), "backbone": model.backbone,
+                    "banks": model.n_banks, "bank ratio": model.bank_ratio, "selection k": model.train_config.selection_k}
+        written = write_audit(model, data, target, settings)
+        flagged = int((~model.selected_).sum())
+        _say(f"{data.name}: {flagged} of {len(data.train)} training images flagged as suspicious")
+        _say(f"  report: {written.get('html', target / 'index.html')}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .experiment import METHODS, ExperimentConfig, run_experiment
+    from .io import save_json
+
+    methods = list(METHODS) if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise CLIError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)} or 'all'")
+    kwargs = _model_kwargs(args)
+    model_kwargs = {k: kwargs.pop(k) for k in ("backbone", "weights", "device") if k in kwargs}
+    if "image_size" in kwargs:
+        model_kwargs["image_size"] = kwargs.pop("image_size")
+    kwargs.pop("seed"), kwargs.pop("verbose")
+    config = ExperimentConfig(noise_ratios=args.noise, seeds=args.seeds, methods=methods, overlap=args.overlap,
+                              model_kwargs={**model_kwargs, "verbose": False}, meds_kwargs=kwargs)
+    datasets = _load_categories(args)
+    start = time.perf_counter()
+    rows = run_experiment(datasets, config, verbose=not args.quiet)
+    protocol = "overlap" if args.overlap else "no-overlap"
+    text = _results_markdown(rows, protocol, args.seeds)
+    print(text)
+    if args.out:
+        out = Path(args.out)
+        save_json({"rows": rows, "protocol": protocol, "seconds": time.perf_counter() - start}, out / "results.json")
+        (out / "results.md").write_text(text + "\n", encoding="utf-8")
+        _say(f"wrote {out / 'results.json'} and {out / 'results.md'}")
+    return 0
+
+
+def _results_markdown(rows, protocol: str, seeds) -> str:
+    from .experiment import TEST_METRICS, TRAIN_METRICS, markdown_table
+
+    parts = [f"Noise protocol: {protocol}; seeds {', '.join(map(str, seeds))}; mean ± std over seeds "
+             "of the category average, x100."]
+    for metric in TEST_METRICS + TRAIN_METRICS:
+        parts.append(f"\n{metric}\n\n" + markdown_table(rows, metric))
+    return "\n".join(parts)
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(Path(args.out), noise=args.noise,
+             categories=[c.strip() for c in args.categories.split(",")] if args.categories else None,
+             device=args.device, seed=args.seed, verbose=not args.quiet)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import run_kernel_benchmark
+
+    run_kernel_benchmark(quick=args.quick, device=args.device, json_path=args.json)
+    return 0
+
+
+COMMANDS = {"fit": cmd_fit, "predict": cmd_predict, "audit": cmd_audit, "eval": cmd_eval,
+            "demo": cmd_demo, "bench": cmd_bench}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    if args.quiet:
+        os.environ.setdefault("TQDM_DISABLE", "1")
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("meds: interrupted", file=sys.stderr)
+        return 130
+    except (CLIError, FileNotFoundError, ValueError, TypeError, RuntimeError, OSError) as error:
+        if args.debug:
+            raise
+        message = str(error) or type(error).__name__
+        print(f"meds {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

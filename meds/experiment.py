@@ -1,0 +1,306 @@
+"""The noise-robustness experiment behind ``meds eval`` and ``benchmarks/noise_robustness.py``.
+
+For every category, noise ratio and seed, the training set is contaminated with the noise
+protocol (:func:`meds.data.contaminate`), the encoder features of the training and test
+images are computed once, and every method is fitted and evaluated on the same split:
+
+========================  ==========================================================
+``nearest_neighbour``     full-memory nearest neighbour (PatchCore without coreset)
+``memory_ensemble``       MeDS stage 1 scores used at test time
+``distilled``             MeDS stage 2 only (the frozen ``theta_0`` of stage 3)
+``meds``                  full MeDS, paper defaults
+``reconstruction``        the reconstruction network trained on everything
+``meds_exclude_self``     MeDS with leave-one-out memory scores
+``meds_exact``            MeDS with ``n_banks="exact"`` (the B -> infinity limit)
+========================  ==========================================================
+
+Test metrics come from :func:`meds.metrics.evaluate` (pixel metrics at the encoder's input
+resolution); the training-set metrics ``contamination_auroc`` / ``contamination_auprc``
+say how well each method's ``training_scores_`` find the defects hidden in training.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from typing import Callable, Iterable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .baselines import MemoryEnsembleDetector, NearestNeighbourDetector
+from .data import CategoryData, apply_split_list, contaminate, read_mask
+from .metrics import evaluate, image_ap, image_auroc
+from .model import MeDS
+
+METHODS = (
+    "nearest_neighbour",
+    "memory_ensemble",
+    "distilled",
+    "meds",
+    "reconstruction",
+    "meds_exclude_self",
+    "meds_exact",
+)
+
+METHOD_LABELS = {
+    "nearest_neighbour": "Full-memory NN (B=1, rho=1)",
+    "memory_ensemble": "Memory ensemble only (stage 1)",
+    "distilled": "Distilled only (stage 2)",
+    "meds": "MeDS (stages 1-3)",
+    "reconstruction": "Reconstruction, no selection",
+    "meds_exclude_self": "MeDS, exclude_self",
+    "meds_exact": "MeDS, n_banks=exact",
+}
+
+TEST_METRICS = ("image_auroc", "image_ap", "pixel_auroc", "aupro", "pixel_ap", "f1_max")
+TRAIN_METRICS = ("contamination_auroc", "contamination_auprc")
+
+
+@dataclasses.dataclass
+class ExperimentConfig:
+    """What one experiment runs.
+
+    Attributes:
+        noise_ratios: ``#defects / #normal training images`` levels.
+        seeds: Seeds of the contamination draw and of every model.
+        methods: Names from :data:`METHODS`.
+        overlap: Keep injected defects in the test split too (official protocol).
+        model_kwargs: Arguments shared by every detector (backbone, sizes, device...).
+        meds_kwargs: Extra arguments of the MeDS-based methods (banks, network, train...).
+        split_lists: ``{(noise, seed): csv path}`` of published noisy training lists
+            (``filename,clsname`` rows, e.g. the official MeDS splits). When given, the
+            settings are these pairs and the lists replace the random contamination.
+    """
+
+    noise_ratios: Sequence[float] = (0.0, 0.1, 0.2, 0.4)
+    seeds: Sequence[int] = (0, 1, 2)
+    methods: Sequence[str] = METHODS
+    overlap: bool = False
+    model_kwargs: dict = dataclasses.field(default_factory=dict)
+    meds_kwargs: dict = dataclasses.field(default_factory=dict)
+    split_lists: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"ExperimentConfig: unknown methods {unknown}; choose from {list(METHODS)}")
+        if any(r < 0 for r in self.noise_ratios):
+            raise ValueError(f"ExperimentConfig: noise ratios must be >= 0, got {list(self.noise_ratios)}")
+
+
+def _test_masks(data: CategoryData, size: Sequence[int]) -> Optional[np.ndarray]:
+    if not data.has_masks:
+        return None
+    return np.stack([read_mask(s.mask_path if s.label else None, size) for s in data.test])
+
+
+def _training_metrics(scores: Optional[np.ndarray], is_noise: np.ndarray) -> dict:
+    if scores is None or not is_noise.any() or is_noise.all():
+        return {name: float("nan") for name in TRAIN_METRICS}
+    return {
+        "contamination_auroc": image_auroc(is_noise.astype(int), scores),
+        "contamination_auprc": image_ap(is_noise.astype(int), scores),
+    }
+
+
+def _fit_methods(
+    methods: Sequence[str],
+    train_features: torch.Tensor,
+    shared: MeDS,
+    config: ExperimentConfig,
+    seed: int,
+) -> Iterable[tuple[str, object, float]]:
+    """Yield ``(method, fitted detector, seconds)`` for each method, sharing work."""
+    kwargs = {**config.model_kwargs, "verbose": shared.verbose}
+    meds_kwargs = {**kwargs, **config.meds_kwargs, "seed": seed}
+
+    def prepared(detector):
+        detector._extractor = shared.extractor
+        detector.grid_, detector.group_dims_ = shared.grid_, shared.group_dims_
+        return detector
+
+    def timed(fit: Callable[[], object]):
+        start = time.perf_counter()
+        detector = fit()
+        return detector, time.perf_counter() - start
+
+    meds_model, meds_seconds = None, 0.0
+    for method in methods:
+        if method == "nearest_neighbour":
+            det, sec = timed(lambda: prepared(NearestNeighbourDetector(**kwargs)).fit_features(train_features))
+        elif method == "memory_ensemble":
+            ensemble_kwargs = {k: meds_kwargs[k] for k in ("n_banks", "bank_ratio") if k in meds_kwargs}
+            det, sec = timed(lambda: prepared(MemoryEnsembleDetector(**kwargs, **ensemble_kwargs, seed=seed))
+                             .fit_features(train_features))
+        elif method in ("meds", "distilled"):
+            if meds_model is None:
+                meds_model, meds_seconds = timed(lambda: prepared(MeDS(**meds_kwargs)).fit_features(train_features))
+            if method == "meds":
+                det, sec = meds_model, meds_seconds
+            else:
+                det, sec = _distilled_view(meds_model), float("nan")
+        elif method == "reconstruction":
+            det, sec = timed(lambda: prepared(MeDS(**{**meds_kwargs, "distillation": False, "selection": False}))
+                             .fit_features(train_features))
+        elif method == "meds_exclude_self":
+            det, sec = timed(lambda: prepared(MeDS(**{**meds_kwargs, "exclude_self": True})).fit_features(train_features))
+        else:  # meds_exact
+            det, sec = timed(lambda: prepared(MeDS(**{**meds_kwargs, "n_banks": "exact"})).fit_features(train_features))
+        yield method, det, sec
+
+
+def _distilled_view(model: MeDS) -> MeDS:
+    """The stage-2 network of a fitted MeDS as a detector of its own (no extra training)."""
+    view = copy.copy(model)
+    view.network_ = model.distilled_network_
+    view.training_scores_ = model.distilled_scores_
+    return view
+
+
+def run_setting(
+    data: CategoryData,
+    noise: float,
+    seed: int,
+    config: ExperimentConfig,
+    *,
+    verbose: bool = False,
+    on_fitted: Optional[Callable[[str, object, CategoryData], None]] = None,
+) -> list[dict]:
+    """Contaminate ``data`` at ``noise`` with ``seed`` and evaluate every method.
+
+    Args:
+        data: A clean category split.
+        noise: Contamination ratio.
+        seed: Seed of the contamination and of every model.
+        config: Methods and model settings.
+        verbose: Progress bars of the feature extraction and training.
+        on_fitted: ``on_fitted(method, detector, split)`` after each method is fitted
+            (e.g. to write reports from the fitted models).
+
+    Returns:
+        One row per method: category, noise, seed, protocol, sizes, metrics, fit seconds.
+    """
+    split_list = config.split_lists.get((noise, seed))
+    if split_list is not None:
+        split = apply_split_list(data, split_list, overlap=config.overlap)
+    else:
+        split = contaminate(data, noise, seed, overlap=config.overlap)
+    shared = MeDS(**{**config.model_kwargs, **config.meds_kwargs, "seed": seed, "verbose": verbose})
+    train_features = shared.training_features(split.train_paths())
+    test_features = torch.cat([f for _, f in shared.iter_features(split.test_paths(), desc="encoder features (test)")])
+    labels = split.test_labels()
+    masks = _test_masks(split, shared.input_size)
+    is_noise = split.noise_labels()
+    rows = []
+    for method, detector, seconds in _fit_methods(config.methods, train_features, shared, config, seed):
+        if on_fitted is not None:
+            on_fitted(method, detector, split)
+        scores, maps = detector.predict_features(test_features)
+        metrics = evaluate(labels, scores, masks, maps.numpy() if masks is not None else None)
+        rows.append({
+            "category": data.name,
+            "method": method,
+            "noise": float(noise),
+            "seed": int(seed),
+            "protocol": "overlap" if config.overlap else "no-overlap",
+            "n_train": len(split.train),
+            "n_noise": int(is_noise.sum()),
+            "n_test": len(split.test),
+            "fit_seconds": seconds,
+            **{k: float(metrics.get(k, float("nan"))) for k in TEST_METRICS},
+            **_training_metrics(getattr(detector, "training_scores_", None), is_noise),
+        })
+    return rows
+
+
+def run_experiment(
+    datasets: Sequence[CategoryData],
+    config: ExperimentConfig,
+    *,
+    verbose: bool = True,
+    on_row: Optional[Callable[[dict], None]] = None,
+) -> list[dict]:
+    """Run :func:`run_setting` for every category, noise ratio and seed.
+
+    Args:
+        datasets: Clean category splits.
+        config: What to run.
+        verbose: A progress bar over the settings.
+        on_row: Called with every result row as soon as it exists (e.g. to save
+            partial results of a long run).
+    """
+    from tqdm.auto import tqdm
+
+    pairs = sorted(config.split_lists) or [(r, s) for r in config.noise_ratios for s in config.seeds]
+    settings = [(d, r, s) for d in datasets for r, s in pairs]
+    rows = []
+    bar = tqdm(settings, desc="eval", unit="setting", disable=not verbose)
+    for data, ratio, seed in bar:
+        bar.set_postfix(category=data.name, noise=ratio, seed=seed, refresh=True)
+        for row in run_setting(data, ratio, seed, config):
+            rows.append(row)
+            if on_row is not None:
+                on_row(row)
+    return rows
+
+
+# -- summaries -------------------------------------------------------------------------
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    arr = np.asarray([v for v in values if np.isfinite(v)], dtype=np.float64)
+    if arr.size == 0:
+        return float("nan"), float("nan")
+    return float(arr.mean()), float(arr.std(ddof=0))
+
+
+def aggregate(rows: Sequence[dict], metric: str) -> dict:
+    """``{(method, noise): (mean, std)}`` of ``metric``.
+
+    The category average is taken per seed first, so the std is over seeds (as the
+    paper's tables report it).
+    """
+    by_key: dict = {}
+    for row in rows:
+        by_key.setdefault((row["method"], row["noise"], row["seed"]), []).append(row[metric])
+    per_seed: dict = {}
+    for (method, noise, _), values in by_key.items():
+        mean, _ = _mean_std(values)
+        per_seed.setdefault((method, noise), []).append(mean)
+    return {key: _mean_std(values) for key, values in per_seed.items()}
+
+
+def _cell(mean: float, std: float, scale: float = 100.0) -> str:
+    if not np.isfinite(mean):
+        return "–"
+    return f"{scale * mean:.2f} ± {scale * std:.2f}"
+
+
+def markdown_table(rows: Sequence[dict], metric: str, methods: Optional[Sequence[str]] = None) -> str:
+    """Methods x noise ratios, ``mean ± std`` over seeds of the category average (x100)."""
+    methods = [m for m in (methods or METHODS) if any(r["method"] == m for r in rows)]
+    ratios = sorted({r["noise"] for r in rows})
+    table = aggregate(rows, metric)
+    lines = ["| method | " + " | ".join(f"{100 * r:g}% noise" for r in ratios) + " |",
+             "|---|" + "---|" * len(ratios)]
+    for method in methods:
+        cells = [_cell(*table.get((method, r), (float("nan"), float("nan")))) for r in ratios]
+        lines.append(f"| {METHOD_LABELS[method]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def per_category_table(rows: Sequence[dict], metric: str, noise: float, methods: Optional[Sequence[str]] = None) -> str:
+    """Categories x methods at one noise ratio, ``mean ± std`` over seeds (x100)."""
+    methods = [m for m in (methods or METHODS) if any(r["method"] == m for r in rows)]
+    categories = sorted({r["category"] for r in rows})
+    lines = ["| category | " + " | ".join(METHOD_LABELS[m] for m in methods) + " |",
+             "|---|" + "---|" * len(methods)]
+    for category in categories:
+        cells = []
+        for method in methods:
+            values = [r[metric] for r in rows if r["category"] == category and r["method"] == method and r["noise"] == noise]
+            cells.append(_cell(*_mean_std(values)))
+        lines.append(f"| {category} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
