@@ -1,0 +1,664 @@
+"""Fused nearest-distance kernels of MeDS: group minima and the memory-ensemble distance.
+
+Memories of MeDS are unions of whole training images ("groups"), so the nearest distance
+from a query to a memory ``b`` is the minimum, over the images in ``b``, of the query's
+nearest distance to that image. :func:`group_min_distance` computes the ``(Nq, G)`` matrix
+of those per-image nearest distances in one GEMM-like pass over all memory rows (the
+``Nq x Nm`` distance matrix never exists); :func:`ensemble_distance` reduces it over the
+banks; :func:`expected_min_distance` gives the ``B -> infinity`` limit in closed form.
+
+Every function accepts numpy arrays or torch tensors (CPU, or CUDA when the extension was
+built with CUDA) and returns the same kind, on the same device. torch is imported only when
+a tensor is passed.
+
+Array rules (all functions):
+
+* ``queries`` / ``memory`` are float32 (CUDA also takes float16 / bfloat16; both arrays
+  share one dtype). Nothing is cast from float64 or copied across devices: such input
+  raises ``TypeError`` naming the argument.
+* Rows may be strided (e.g. a slice ``x[::2]``); an array whose last dimension is not
+  contiguous (e.g. a transposed view) is copied to a contiguous one first - the only copy
+  made of the float inputs.
+* Index arrays (``groups``, ``query_groups``, ``banks``) may be any integer dtype and are
+  converted to int64. Tensors must already be on the queries' device; numpy arrays or
+  sequences are moved there (they are small).
+* Bad input raises at once: wrong dtype/device -> ``TypeError``; bad shape/value (D
+  mismatch, group id out of range, NaN/Inf, ...) -> ``ValueError``. Messages name the
+  function, the argument, the expected and the actual value.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Any, Optional
+
+import numpy as np
+
+__all__ = [
+    "group_min_distance",
+    "ensemble_distance",
+    "sample_banks",
+    "expected_min_distance",
+    "bank_size",
+    "build_info",
+]
+
+_METRICS = {"cosine": 0, "l2": 1, "sqeuclidean": 2}
+_PRECISIONS = {"fp32": 0, "tf32": 1, "bf16": 2, "fp16": 3}
+_REDUCE = ("mean", "none")
+# Working-memory budget of ensemble_distance / expected_min_distance (bytes).
+_DEFAULT_BUDGET = 256 << 20
+
+
+# --------------------------------------------------------------------------------------
+# Helpers: array kinds, the extension, validation.
+
+
+def _ext():
+    try:
+        from meds import _C  # noqa: PLC0415
+    except ImportError as exc:  # pragma: no cover - only without a build
+        raise ImportError(
+            "meds._C (the compiled kernels) is not importable; reinstall meds with "
+            "`pip install .` so that the C++ extension is built"
+        ) from exc
+    return _C
+
+
+def _torch_mod():
+    return sys.modules.get("torch")
+
+
+def _is_tensor(x: Any) -> bool:
+    torch = _torch_mod()
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def _describe(x: Any) -> str:
+    if _is_tensor(x):
+        return f"torch.Tensor (dtype {x.dtype}, device {x.device}, shape {tuple(x.shape)})"
+    if isinstance(x, np.ndarray):
+        return f"numpy.ndarray (dtype {x.dtype}, shape {x.shape})"
+    return type(x).__name__
+
+
+class _Kind:
+    """Array kind (numpy or torch) and device of the call, taken from ``queries``."""
+
+    def __init__(self, x: Any, fn: str, name: str):
+        if _is_tensor(x):
+            self.torch = _torch_mod()
+            self.is_torch = True
+            self.device = x.device
+            self.index = -1 if x.device.type == "cpu" else x.device.index
+            if x.device.type not in ("cpu", "cuda"):
+                raise TypeError(f"{fn}: argument '{name}' must be on the CPU or a CUDA device, got {x.device}")
+        elif isinstance(x, np.ndarray):
+            self.torch = None
+            self.is_torch = False
+            self.device = None
+            self.index = -1
+        else:
+            raise TypeError(
+                f"{fn}: argument '{name}' must be a numpy.ndarray or a torch.Tensor, got {_describe(x)}"
+            )
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.index >= 0
+
+    def where(self) -> str:
+        return f"torch.Tensor on {self.device}" if self.is_torch else "numpy.ndarray"
+
+    def same(self, x: Any) -> bool:
+        if self.is_torch:
+            return _is_tensor(x) and x.device == self.device
+        return isinstance(x, np.ndarray)
+
+
+def _check_float(x: Any, kind: _Kind, fn: str, name: str) -> None:
+    """Kind/device/dtype/ndim checks of a float input (queries, memory)."""
+    if not kind.same(x):
+        raise TypeError(f"{fn}: argument '{name}' must be a {kind.where()} (like 'queries'), got {_describe(x)}")
+    if kind.is_torch:
+        torch = kind.torch
+        allowed = (torch.float32, torch.float16, torch.bfloat16) if kind.is_cuda else (torch.float32,)
+        if x.dtype not in allowed:
+            exp = "float32, float16 or bfloat16" if kind.is_cuda else "float32 (float16/bfloat16 only on CUDA)"
+            raise TypeError(f"{fn}: argument '{name}' must have dtype {exp}, got {x.dtype}")
+    elif x.dtype != np.float32:
+        raise TypeError(f"{fn}: argument '{name}' must have dtype float32 (nothing is cast implicitly), got {x.dtype}")
+    if x.ndim != 2:
+        raise ValueError(f"{fn}: argument '{name}' must be 2-D (N, D), got shape {tuple(x.shape)}")
+
+
+def _check_finite(x: Any, kind: _Kind, fn: str, name: str) -> None:
+    """NaN/Inf check in one vectorised pass: a NaN or Inf element always makes the float32
+    sum non-finite; only when it is (or when finite values overflowed it) is each element
+    tested, to tell the two apart."""
+    if kind.is_torch:
+        torch = kind.torch
+        if x.numel() == 0:
+            return
+        with torch.no_grad():
+            ok = bool(torch.isfinite(x.sum(dtype=torch.float32)))
+            if not ok:
+                ok = bool(torch.isfinite(x).all())
+    else:
+        if x.size == 0:
+            return
+        with np.errstate(over="ignore", invalid="ignore"):
+            ok = bool(np.isfinite(np.sum(x, dtype=np.float32)))
+        if not ok:
+            ok = bool(np.isfinite(x).all())
+    if not ok:
+        raise ValueError(f"{fn}: argument '{name}' must contain only finite values, got NaN or Inf")
+
+
+def _row_layout(x: Any, kind: _Kind):
+    """(array with a contiguous last dimension, data pointer, row stride in elements)."""
+    if kind.is_torch:
+        if x.shape[1] > 1 and x.stride(1) != 1 or x.stride(0) < 0:
+            x = x.contiguous()
+        return x, x.data_ptr(), int(x.stride(0))
+    item = x.itemsize
+    ok = (
+        x.flags.aligned
+        and (x.shape[1] <= 1 or x.strides[1] == item)
+        and x.strides[0] >= 0
+        and x.strides[0] % item == 0
+    )
+    if not ok:
+        x = np.ascontiguousarray(x)
+    return x, x.ctypes.data, int(x.strides[0] // item)
+
+
+def _index_array(x: Any, kind: _Kind, fn: str, name: str, ndim: int):
+    """An integer index array as contiguous int64 of the call's kind and device."""
+    if kind.is_torch:
+        torch = kind.torch
+        if _is_tensor(x):
+            if x.device != kind.device:
+                raise TypeError(
+                    f"{fn}: argument '{name}' must be on {kind.device} like 'queries' (nothing is "
+                    f"copied across devices), got a tensor on {x.device}"
+                )
+            if x.dtype == torch.bool or x.is_floating_point() or x.is_complex():
+                raise TypeError(f"{fn}: argument '{name}' must have an integer dtype, got {x.dtype}")
+        else:
+            arr = np.asarray(x)
+            if arr.dtype.kind not in "iu":
+                raise TypeError(f"{fn}: argument '{name}' must have an integer dtype, got {arr.dtype}")
+            x = torch.as_tensor(arr.astype(np.int64, copy=False), device=kind.device)
+        if x.ndim != ndim:
+            raise ValueError(f"{fn}: argument '{name}' must be {ndim}-D, got shape {tuple(x.shape)}")
+        return x.to(torch.int64).contiguous()
+    if _is_tensor(x):
+        raise TypeError(f"{fn}: argument '{name}' must be a numpy array or sequence like 'queries', got {_describe(x)}")
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{fn}: argument '{name}' must have an integer dtype, got {arr.dtype}")
+    if arr.ndim != ndim:
+        raise ValueError(f"{fn}: argument '{name}' must be {ndim}-D, got shape {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def _minmax(x: Any, kind: _Kind):
+    if kind.is_torch:
+        lo, hi = kind.torch.aminmax(x)
+        return int(lo), int(hi)
+    return int(x.min()), int(x.max())
+
+
+def _check_int(value: Any, fn: str, name: str, minimum: int) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{fn}: argument '{name}' must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{fn}: argument '{name}' must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _check_choice(value: Any, choices, fn: str, name: str) -> None:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{fn}: argument '{name}' must be one of {sorted(choices)}, got {value!r}")
+
+
+class _Problem:
+    """Validated inputs of one group-min computation, ready for the kernel."""
+
+    def __init__(self, fn, queries, memory, groups, n_groups, metric, query_groups, exclude_self,
+                 precision, extra_max_id: Optional[int] = None):
+        kind = _Kind(queries, fn, "queries")
+        _check_float(queries, kind, fn, "queries")
+        _check_float(memory, kind, fn, "memory")
+        if memory.dtype != queries.dtype:
+            raise TypeError(
+                f"{fn}: argument 'memory' must have the dtype of 'queries' ({queries.dtype}), got {memory.dtype}"
+            )
+        _check_choice(metric, _METRICS, fn, "metric")
+        _check_choice(precision, _PRECISIONS, fn, "precision")
+        if not kind.is_cuda and precision != "fp32":
+            raise ValueError(
+                f"{fn}: argument 'precision' must be 'fp32' for CPU inputs (tf32/bf16/fp16 are CUDA "
+                f"tensor-core modes), got {precision!r}"
+            )
+        if not isinstance(exclude_self, (bool, np.bool_)):
+            raise TypeError(f"{fn}: argument 'exclude_self' must be a bool, got {type(exclude_self).__name__}")
+        nq, d = int(queries.shape[0]), int(queries.shape[1])
+        nm, dm = int(memory.shape[0]), int(memory.shape[1])
+        if dm != d:
+            raise ValueError(
+                f"{fn}: argument 'memory' must have the feature dimension of 'queries' (D = {d}), got D = {dm}"
+            )
+        if d == 0:
+            raise ValueError(f"{fn}: argument 'queries' must have D >= 1 features, got D = 0")
+
+        groups = _index_array(groups, kind, fn, "groups", 1)
+        if int(groups.shape[0]) != nm:
+            raise ValueError(
+                f"{fn}: argument 'groups' must have one id per memory row ({nm},), got shape {tuple(groups.shape)}"
+            )
+        lo, hi = _minmax(groups, kind) if nm > 0 else (0, -1)
+        if n_groups is None:
+            if nm == 0 and extra_max_id is None:
+                raise ValueError(f"{fn}: argument 'n_groups' must be given when 'memory' is empty, got None")
+            n_groups = max(hi, -1 if extra_max_id is None else extra_max_id) + 1
+        n_groups = _check_int(n_groups, fn, "n_groups", 1)
+        if nm > 0 and (lo < 0 or hi >= n_groups):
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"{fn}: argument 'groups' must hold ids in [0, {n_groups}), got {bad}")
+
+        if exclude_self and query_groups is None:
+            raise ValueError(f"{fn}: argument 'query_groups' must be given when exclude_self=True, got None")
+        if query_groups is not None:
+            query_groups = _index_array(query_groups, kind, fn, "query_groups", 1)
+            if int(query_groups.shape[0]) != nq:
+                raise ValueError(
+                    f"{fn}: argument 'query_groups' must have shape ({nq},) (one id per query), "
+                    f"got {tuple(query_groups.shape)}"
+                )
+        _check_finite(queries, kind, fn, "queries")
+        _check_finite(memory, kind, fn, "memory")
+
+        self.fn, self.kind = fn, kind
+        self.queries = queries
+        self.memory, self.m_ptr, self.m_stride = _row_layout(memory, kind)
+        self.groups = groups
+        self.query_groups = query_groups
+        self.exclude_self = bool(exclude_self) and query_groups is not None
+        self.nq, self.nm, self.d, self.n_groups = nq, nm, d, n_groups
+        self.metric, self.precision = metric, precision
+        if kind.is_torch:
+            dt = queries.dtype
+            torch = kind.torch
+            self.dtype_code = 0 if dt == torch.float32 else (1 if dt == torch.float16 else 2)
+        else:
+            self.dtype_code = 0
+
+    def _ptr(self, x):
+        return x.data_ptr() if self.kind.is_torch else x.ctypes.data
+
+    def run(self, start: int = 0, stop: Optional[int] = None):
+        """(stop - start, G) float32 group minima of the query rows [start, stop)."""
+        kind = self.kind
+        stop = self.nq if stop is None else stop
+        n = stop - start
+        q, q_ptr, q_stride = _row_layout(self.queries[start:stop], kind)
+        if kind.is_torch:
+            out = kind.torch.empty((n, self.n_groups), dtype=kind.torch.float32, device=kind.device)
+        else:
+            out = np.empty((n, self.n_groups), dtype=np.float32)
+        if n == 0:
+            return out
+        qg_ptr = 0
+        if self.exclude_self:
+            qg = self.query_groups[start:stop]
+            qg_ptr = self._ptr(qg)
+        stream = 0
+        if kind.is_cuda:
+            stream = int(kind.torch.cuda.current_stream(kind.device).cuda_stream)
+        _ext().group_min_distance(
+            queries=q_ptr, nq=n, query_row_stride=q_stride,
+            memory=self.m_ptr, nm=self.nm, memory_row_stride=self.m_stride, d=self.d,
+            dtype=self.dtype_code, groups=self._ptr(self.groups) if self.nm else 0,
+            n_groups=self.n_groups, query_groups=qg_ptr, exclude_self=self.exclude_self,
+            metric=_METRICS[self.metric], precision=_PRECISIONS[self.precision],
+            out=self._ptr(out), device=kind.index, stream=stream, num_threads=0,
+        )
+        return out
+
+
+# --------------------------------------------------------------------------------------
+# Public API.
+
+
+def group_min_distance(queries, memory, groups, n_groups=None, *, metric="cosine", query_groups=None,
+                       exclude_self=False, precision="fp32"):
+    """Nearest distance from every query to every group of memory rows.
+
+    ``out[q, g] = min over memory rows r with groups[r] == g of dist(queries[q], memory[r])``,
+    computed tile by tile (the ``(Nq, Nm)`` distance matrix never exists).
+
+    Args:
+        queries: ``(Nq, D)`` float32 (CUDA also float16/bfloat16) numpy array or torch tensor.
+        memory: ``(Nm, D)`` same kind, dtype and device as ``queries``.
+        groups: ``(Nm,)`` integer group id of each memory row, in ``[0, n_groups)``; any order.
+        n_groups: Number of groups ``G``; default ``groups.max() + 1``.
+        metric: ``"cosine"`` (1 - cosine similarity; inputs need not be normalised; a zero
+            vector has distance 1 to everything), ``"l2"`` or ``"sqeuclidean"``.
+        query_groups: ``(Nq,)`` integer group of each query (any value; one outside
+            ``[0, G)`` excludes nothing). Used only with ``exclude_self``.
+        exclude_self: If True, query ``q`` never matches rows of group ``query_groups[q]``.
+        precision: How a CUDA device multiplies: ``"fp32"`` (default), ``"tf32"``, ``"bf16"``
+            or ``"fp16"`` (tensor cores, fp32 accumulation). CPU inputs accept only
+            ``"fp32"`` (anything else raises ``ValueError``).
+
+    Returns:
+        ``(Nq, G)`` float32 of the same kind/device as ``queries``. A group with no eligible
+        row is NaN. Distances are clamped at 0.
+    """
+    prob = _Problem("group_min_distance", queries, memory, groups, n_groups, metric, query_groups,
+                    exclude_self, precision)
+    return prob.run()
+
+
+def _prepare_banks(banks, kind: _Kind, fn: str, n_groups: Optional[int]):
+    """Banks as a ``(B, m)`` int64 id matrix; masks become ids padded with ``G`` (a pad
+    column of +inf is appended to the group minima). Returns (ids, G or None, is_mask)."""
+    torch = kind.torch
+    if _is_tensor(banks):
+        if not kind.is_torch:
+            raise TypeError(
+                f"{fn}: argument 'banks' must be a numpy array or sequence like 'queries', got {_describe(banks)}"
+            )
+        if banks.device != kind.device:
+            raise TypeError(
+                f"{fn}: argument 'banks' must be on {kind.device} like 'queries' (nothing is copied across "
+                f"devices), got a tensor on {banks.device}"
+            )
+        is_bool = banks.dtype == torch.bool
+        is_int = not is_bool and not banks.is_floating_point() and not banks.is_complex()
+        shape = tuple(banks.shape)
+    else:
+        banks = np.asarray(banks)
+        is_bool = banks.dtype == np.bool_
+        is_int = banks.dtype.kind in "iu"
+        shape = banks.shape
+    if not (is_bool or is_int):
+        raise TypeError(f"{fn}: argument 'banks' must be (B, m) integer ids or a (B, G) bool mask, got dtype {banks.dtype}")
+    if len(shape) != 2:
+        raise ValueError(f"{fn}: argument 'banks' must be 2-D, (B, m) ids or (B, G) mask, got shape {shape}")
+    if shape[0] == 0:
+        raise ValueError(f"{fn}: argument 'banks' must hold at least one bank, got shape {shape}")
+    if is_bool:
+        if n_groups is not None and shape[1] != n_groups:
+            raise ValueError(f"{fn}: argument 'banks' (bool mask) must have n_groups = {n_groups} columns, got {shape[1]}")
+        g = shape[1]
+        if g == 0:
+            raise ValueError(f"{fn}: argument 'banks' must cover at least one group, got shape {shape}")
+        if kind.is_torch:
+            mask = banks if _is_tensor(banks) else torch.as_tensor(banks, device=kind.device)
+            counts = mask.sum(1)
+            width = max(int(counts.max()), 1)
+            # Stable sort puts the True columns first, in order; the rest becomes padding.
+            order = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices[:, :width]
+            keep = torch.arange(width, device=kind.device)[None, :] < counts[:, None]
+            ids = torch.where(keep, order, torch.full_like(order, g))
+        else:
+            counts = banks.sum(1)
+            width = max(int(counts.max()), 1)
+            order = np.argsort(~banks, axis=1, kind="stable")[:, :width]
+            keep = np.arange(width)[None, :] < counts[:, None]
+            ids = np.where(keep, order, g).astype(np.int64)
+        return ids, g, True
+    ids = _index_array(banks, kind, fn, "banks", 2)
+    if shape[1] == 0:
+        raise ValueError(f"{fn}: argument 'banks' must hold at least one group per bank, got shape {shape}")
+    lo, hi = _minmax(ids, kind)
+    if lo < 0 or (n_groups is not None and hi >= n_groups):
+        bad = lo if lo < 0 else hi
+        upper = n_groups if n_groups is not None else "G"
+        raise ValueError(f"{fn}: argument 'banks' must hold group ids in [0, {upper}), got {bad}")
+    return ids, hi, False
+
+
+def _bank_min(gm, ids, kind: _Kind, budget: int):
+    """(c, B) min over each bank's groups of gm (c, G); NaN groups ignored, NaN if none."""
+    c, g = gm.shape
+    n_banks, width = ids.shape
+    per_bank = max(1, c * width * 4)
+    step = max(1, min(n_banks, budget // per_bank))
+    if kind.is_torch:
+        torch = kind.torch
+        inf = torch.full((c, 1), float("inf"), dtype=gm.dtype, device=gm.device)
+        gmi = torch.cat([torch.nan_to_num(gm, nan=float("inf")), inf], dim=1)
+        parts = [gmi[:, ids[b0:b0 + step]].amin(dim=2) for b0 in range(0, n_banks, step)]
+        out = torch.cat(parts, dim=1)
+        return out.masked_fill_(torch.isinf(out), float("nan"))
+    gmi = np.concatenate([np.where(np.isnan(gm), np.float32(np.inf), gm), np.full((c, 1), np.inf, np.float32)], 1)
+    out = np.empty((c, n_banks), np.float32)
+    for b0 in range(0, n_banks, step):
+        out[:, b0:b0 + step] = np.take(gmi, ids[b0:b0 + step], axis=1).min(axis=2)
+    out[np.isinf(out)] = np.nan
+    return out
+
+
+def _nanmean_rows(x, kind: _Kind):
+    """Mean of the non-NaN entries of every row; NaN where a row has none (no warnings)."""
+    if kind.is_torch:
+        torch = kind.torch
+        valid = ~torch.isnan(x)
+        total = torch.where(valid, x, torch.zeros_like(x)).sum(1, dtype=torch.float64)
+        count = valid.sum(1)
+        mean = total / count.clamp(min=1)
+        return mean.masked_fill_(count == 0, float("nan")).to(torch.float32)
+    valid = ~np.isnan(x)
+    total = np.where(valid, x, 0).sum(1, dtype=np.float64)
+    count = valid.sum(1)
+    mean = total / np.maximum(count, 1)
+    mean[count == 0] = np.nan
+    return mean.astype(np.float32)
+
+
+def ensemble_distance(queries, memory, groups, banks, *, metric="cosine", query_groups=None, exclude_self=False,
+                      reduce="mean", precision="fp32", n_groups=None, chunk_size=None):
+    """Nearest distance of every query to each memory bank, averaged over the banks.
+
+    A bank is a set of groups (images); its memory is all rows of those groups. Computed
+    exactly as ``group_min_distance`` followed by a min over each bank's groups, in chunks
+    of queries, so at most a ``(chunk_size, G)`` block of group minima is held.
+
+    Args:
+        queries: ``(Nq, D)`` float32 (CUDA also float16/bfloat16) array or tensor.
+        memory: ``(Nm, D)``, same kind, dtype and device.
+        groups: ``(Nm,)`` integer group id of each memory row.
+        banks: ``(B, m)`` integer group ids (repeats allowed, e.g. from :func:`sample_banks`)
+            or a ``(B, G)`` bool mask.
+        metric: ``"cosine"``, ``"l2"`` or ``"sqeuclidean"``.
+        query_groups: ``(Nq,)`` group of each query (for ``exclude_self``).
+        exclude_self: Leave-one-out: a query never matches rows of its own group.
+        reduce: ``"mean"`` -> ``(Nq,)``, the mean over the banks that have an eligible row
+            (NaN if none has); ``"none"`` -> ``(Nq, B)`` (NaN for a bank with no eligible row).
+        precision: See :func:`group_min_distance`.
+        n_groups: Number of groups ``G``; default: the mask width, else
+            ``max(groups.max(), banks.max()) + 1``.
+        chunk_size: Queries per kernel call; default keeps the ``(chunk, G)`` block and its
+            reduction within about 256 MiB.
+
+    Returns:
+        ``(Nq,)`` or ``(Nq, B)`` float32 of the kind/device of ``queries``.
+    """
+    fn = "ensemble_distance"
+    kind = _Kind(queries, fn, "queries")
+    _check_choice(reduce, _REDUCE, fn, "reduce")
+    if n_groups is not None:
+        n_groups = _check_int(n_groups, fn, "n_groups", 1)
+    ids, g_or_max, is_mask = _prepare_banks(banks, kind, fn, n_groups)
+    if is_mask:
+        n_groups = g_or_max
+        extra = None
+    else:
+        extra = g_or_max
+    prob = _Problem(fn, queries, memory, groups, n_groups, metric, query_groups, exclude_self, precision,
+                    extra_max_id=extra)
+    G = prob.n_groups
+    if not is_mask and g_or_max >= G:
+        raise ValueError(f"{fn}: argument 'banks' must hold group ids in [0, {G}), got {g_or_max}")
+    if chunk_size is None:
+        chunk_size = max(1, _DEFAULT_BUDGET // (4 * (G + 1) * 3))
+    else:
+        chunk_size = _check_int(chunk_size, fn, "chunk_size", 1)
+    n_banks = int(ids.shape[0])
+    nq = prob.nq
+    if kind.is_torch:
+        torch = kind.torch
+        shape = (nq,) if reduce == "mean" else (nq, n_banks)
+        out = torch.empty(shape, dtype=torch.float32, device=kind.device)
+    else:
+        out = np.empty((nq,) if reduce == "mean" else (nq, n_banks), np.float32)
+    for start in range(0, nq, chunk_size):
+        stop = min(nq, start + chunk_size)
+        gm = prob.run(start, stop)
+        per_bank = _bank_min(gm, ids, kind, _DEFAULT_BUDGET // 2)
+        del gm
+        out[start:stop] = _nanmean_rows(per_bank, kind) if reduce == "mean" else per_bank
+    return out
+
+
+def bank_size(n_groups: int, ratio: float) -> int:
+    """Groups per bank for a bank ratio: ``ceil(ratio * n_groups)`` in plain float arithmetic,
+    as the official code computes it (so ``0.1 * 30`` gives 4), and at least 1."""
+    return max(1, int(math.ceil(ratio * n_groups)))
+
+
+def sample_banks(n_groups, n_banks=100, ratio=0.1, *, replace=True, seed=0):
+    """Random banks of groups, as drawn by MeDS (bootstrap of training images).
+
+    Args:
+        n_groups: Number of groups ``G`` to draw from.
+        n_banks: Number of banks ``B`` (>= 1).
+        ratio: Fraction ``rho`` in (0, 1]: each bank holds ``m = ceil(rho * G)`` draws
+            (see :func:`bank_size`).
+        replace: Draw with replacement (the official code; ids may repeat within a bank)
+            or without (``m <= G`` distinct ids).
+        seed: Seed of a ``numpy.random.Generator`` (no global RNG is touched).
+
+    Returns:
+        ``(B, m)`` int64 numpy array of group ids.
+    """
+    fn = "sample_banks"
+    n_groups = _check_int(n_groups, fn, "n_groups", 1)
+    n_banks = _check_int(n_banks, fn, "n_banks", 1)
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{fn}: argument 'ratio' must be a float in (0, 1], got {type(ratio).__name__}")
+    if not (0.0 < float(ratio) <= 1.0):
+        raise ValueError(f"{fn}: argument 'ratio' must be in (0, 1], got {ratio}")
+    m = bank_size(n_groups, float(ratio))
+    rng = np.random.default_rng(seed)
+    if replace:
+        return rng.integers(0, n_groups, size=(n_banks, m), dtype=np.int64)
+    return np.stack([rng.choice(n_groups, size=m, replace=False) for _ in range(n_banks)]).astype(np.int64)
+
+
+def expected_min_distance(group_min, bank_size, *, replace=True):
+    """Expected nearest distance to a random bank of ``bank_size`` groups (``B -> infinity``).
+
+    For each row, with its ``G'`` non-NaN distances sorted ``d_(1) <= ... <= d_(G')`` (NaN
+    entries, i.e. excluded groups, are left out of ``G'``): with replacement
+    ``P(min = d_(i)) = ((G'-i+1)/G')^m - ((G'-i)/G')^m``; without replacement
+    ``P(min = d_(i)) = [C(G'-i+1, m) - C(G'-i, m)] / C(G', m)`` (``m >= G'`` gives
+    ``d_(1)``). No Monte Carlo noise, no number of banks to choose.
+
+    Args:
+        group_min: ``(Nq, G)`` float array/tensor from :func:`group_min_distance`.
+        bank_size: ``m``, groups per bank (>= 1).
+        replace: Whether banks are drawn with replacement (as in :func:`sample_banks`).
+
+    Returns:
+        ``(Nq,)`` of group_min's dtype, kind and device; NaN for rows with no finite entry.
+    """
+    fn = "expected_min_distance"
+    m = _check_int(bank_size, fn, "bank_size", 1)
+    if _is_tensor(group_min):
+        torch = _torch_mod()
+        if not group_min.is_floating_point():
+            raise TypeError(f"{fn}: argument 'group_min' must be a float tensor, got {group_min.dtype}")
+        xp_torch = True
+    elif isinstance(group_min, np.ndarray):
+        if group_min.dtype.kind != "f":
+            raise TypeError(f"{fn}: argument 'group_min' must be a float array, got {group_min.dtype}")
+        xp_torch = False
+    else:
+        raise TypeError(f"{fn}: argument 'group_min' must be a numpy.ndarray or torch.Tensor, got {_describe(group_min)}")
+    if group_min.ndim != 2:
+        raise ValueError(f"{fn}: argument 'group_min' must be 2-D (Nq, G), got shape {tuple(group_min.shape)}")
+    nq, g = int(group_min.shape[0]), int(group_min.shape[1])
+    if g == 0:
+        raise ValueError(f"{fn}: argument 'group_min' must have at least one group column, got shape {(nq, g)}")
+    rows = max(1, _DEFAULT_BUDGET // (8 * (g + 1) * 6))
+    if xp_torch:
+        out = torch.empty(nq, dtype=group_min.dtype, device=group_min.device)
+        ranks = torch.arange(1, g + 1, dtype=torch.float64, device=group_min.device)
+        for s in range(0, nq, rows):
+            x = group_min[s:s + rows].to(torch.float64)
+            xs = torch.sort(torch.nan_to_num(x, nan=float("inf")), dim=1).values
+            gq = (~torch.isnan(x)).sum(1, dtype=torch.float64)[:, None]
+            surv = _survival(torch, ranks, gq, m, replace)
+            p = surv[:, :-1] - surv[:, 1:]
+            e = torch.where(p > 0, p * xs, 0.0).sum(1)
+            e = torch.where(gq[:, 0] > 0, e, float("nan"))
+            out[s:s + rows] = e.to(group_min.dtype)
+        return out
+    out = np.empty(nq, dtype=group_min.dtype)
+    ranks = np.arange(1, g + 1, dtype=np.float64)
+    for s in range(0, nq, rows):
+        x = group_min[s:s + rows].astype(np.float64)
+        xs = np.sort(x, axis=1)  # NaN last
+        gq = (~np.isnan(x)).sum(1).astype(np.float64)[:, None]
+        surv = _survival(np, ranks, gq, m, replace)
+        p = surv[:, :-1] - surv[:, 1:]
+        with np.errstate(invalid="ignore"):
+            e = np.where(p > 0, p * xs, 0.0).sum(1)
+        e[gq[:, 0] == 0] = np.nan
+        out[s:s + rows] = e
+    return out
+
+
+def _survival(xp, ranks, gq, m: int, replace: bool):
+    """S[:, i-1] = P(min rank >= i) for i = 1..G+1 (rows: G' = gq)."""
+    cat = xp.cat if xp is not np else np.concatenate
+    if replace:
+        safe = xp.clip(gq, 1, None) if xp is np else gq.clamp(min=1)
+        base = (gq - ranks + 1) / safe
+        base = xp.clip(base, 0, 1) if xp is np else base.clamp(0, 1)
+        surv = base ** m
+        zeros = surv[:, :1] * 0
+        return cat([surv, zeros], 1)
+    # S(1) = 1, S(i+1) = S(i) * (G'-i+1-m) / (G'-i+1), with non-positive factors -> 0.
+    num = gq - ranks + 1 - m
+    den = gq - ranks + 1
+    if xp is np:
+        factor = np.where(den > 0, np.clip(num, 0, None) / np.where(den > 0, den, 1), 0.0)
+        surv = np.cumprod(factor, axis=1)
+    else:
+        factor = xp.where(den > 0, num.clamp(min=0) / xp.where(den > 0, den, xp.ones_like(den)), 0.0)
+        surv = xp.cumprod(factor, dim=1)
+    ones = surv[:, :1] * 0 + 1
+    return cat([ones, surv], 1)
+
+
+def build_info() -> dict:
+    """What this build of the extension contains.
+
+    Returns:
+        dict with ``cuda`` (bool), ``cuda_archs`` (list), ``cuda_runtime_version``,
+        ``cuda_device_count``, ``openmp``, ``openmp_version``, ``openmp_max_threads``,
+        ``simd_compiled`` (list), ``simd_selected`` (the CPU kernel used on this machine;
+        ``MEDS_CPU_SIMD=avx2|portable`` lowers it), ``compiler`` and ``version``.
+    """
+    info = dict(_ext().build_info())
+    from meds import __version__  # noqa: PLC0415
+
+    info["version"] = __version__
+    return info
