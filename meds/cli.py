@@ -361,9 +361,10 @@ def cmd_demo(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import run_kernel_benchmark
+    from .bench import main as bench_main
 
-    run_kernel_benchmark(quick=args.quick, device=args.device, json_path=args.json)
+    argv = ["--device", args.device] + (["--quick"] if args.quick else []) + (["--json", args.json] if args.json else [])
+    bench_main(argv)
     return 0
 
 

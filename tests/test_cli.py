@@ -17,8 +17,9 @@ FAST = ["--image-size", "64", "--steps", "6", "--n-banks", "5", "--network", "sm
 
 def meds_cli(*args, check=True):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # Run outside the source tree so that the installed package (with its extension) is used.
     result = subprocess.run([sys.executable, "-m", "meds", *map(str, args)], capture_output=True, text=True,
-                            env=env, timeout=600)
+                            env=env, timeout=600, cwd=Path(__file__).resolve().parents[1] / "tests")
     if check and result.returncode != 0:
         raise AssertionError(f"meds {' '.join(map(str, args))} failed:\n{result.stdout}\n{result.stderr}")
     return result
@@ -130,6 +131,13 @@ def test_errors_print_one_line_and_exit_non_zero(dataset, tmp_path, args, messag
 def test_debug_shows_the_traceback(tmp_path):
     result = meds_cli("fit", tmp_path / "missing", "--out", tmp_path, "--debug", check=False)
     assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_bench_prints_the_throughput_table(tmp_path):
+    result = meds_cli("bench", "--quick", "--json", tmp_path / "bench.json")
+    assert "GFLOP/s" in result.stdout
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert saved["build_info"]["simd_selected"]
 
 
 def test_bad_option_is_a_usage_error():
