@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .io import atomic_write_text
+
 __all__ = [
     "BACKBONE_PRESETS",
     "IMAGENET_MEAN",
@@ -923,7 +925,7 @@ def cached_features(
             weights=extractor.weights_id,
             paths=image_paths,
         )
-        _atomic_write_text(meta_path, json.dumps(meta, default=str))
+        atomic_write_text(json.dumps(meta, default=str), meta_path)
 
     arr = np.load(npy, mmap_mode="r" if mmap else None, allow_pickle=False)
     if list(arr.shape) != list(meta["shape"]) or arr.dtype != np.dtype(meta["dtype"]):
@@ -946,15 +948,3 @@ def _read_meta(path: Path):
     if meta.get("format") != _CACHE_FORMAT:
         return None
     return meta
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

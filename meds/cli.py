@@ -13,7 +13,6 @@ Errors print one line and exit non-zero; ``--debug`` shows the traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -239,18 +238,14 @@ def _write_training_scores(model, data, path: Path) -> None:
     import csv
     import io
 
-    from .io import atomic_write
+    from .io import atomic_write_text
 
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["path", "score", "selected"])
     for p, s, sel in zip(data.train_paths(), model.training_scores_, model.selected_):
         writer.writerow([p, f"{s:.6f}", int(sel)])
-
-    def write(tmp: str) -> None:
-        Path(tmp).write_text(buffer.getvalue(), encoding="utf-8")
-
-    atomic_write(path, write)
+    atomic_write_text(buffer.getvalue(), path)
 
 
 def _resolve_model_dir(run: str, category: Optional[str]) -> Path:

@@ -84,7 +84,7 @@ def run_demo(
     print(f"[{len(categories) + 2}/{len(categories) + 2}] results "
           f"(noise {100 * noise:g}% no-overlap, seed {seed}; test metrics x100):\n", flush=True)
     print(_side_by_side(rows))
-    print(f"\naudit reports (training images ranked by suspicion):")
+    print("\naudit reports (training images ranked by suspicion):")
     for path in reports:
         print(f"  {path}")
     print("heat maps:")

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import numpy as np
+
+from .io import atomic_write_bytes
 from PIL import Image, ImageDraw, ImageFont
 
 __all__ = [
@@ -138,39 +139,6 @@ def _contour(mask: np.ndarray, thickness: int) -> np.ndarray:
         p = np.pad(edge, 1, mode="constant", constant_values=False)
         edge = edge | p[:-2, 1:-1] | p[2:, 1:-1] | p[1:-1, :-2] | p[1:-1, 2:]
     return edge
-
-
-def _file_mode() -> int:
-    """Permission bits a plain ``open()`` would give a new file under the current umask."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def atomic_write_bytes(data: bytes, path: PathLike) -> Path:
-    """Write ``data`` to ``path`` atomically: temp file in the same folder, then ``os.replace``.
-
-    Readers see either the old file or the complete new one, never a partial write; on
-    error the temp file is removed. Parent folders are created.
-
-    Returns:
-        The target path.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, _file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
 
 
 # ----------------------------------------------------------------------------- public API
