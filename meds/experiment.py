@@ -54,7 +54,7 @@ METHOD_LABELS = {
     "meds_exact": "MeDS, n_banks=exact",
 }
 
-TEST_METRICS = ("image_auroc", "image_ap", "pixel_auroc", "aupro", "pixel_ap", "f1_max")
+TEST_METRICS = ("image_auroc", "image_ap", "pixel_auroc", "aupro", "pixel_ap", "image_f1_max")
 TRAIN_METRICS = ("contamination_auroc", "contamination_auprc")
 
 
