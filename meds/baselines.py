@@ -33,11 +33,19 @@ class _MemoryDetector(PatchDetector):
         """Fit on training images (paths, arrays or PIL images of one size)."""
         return self.fit_features(self.training_features(images))
 
-    def fit_features(self, features: torch.Tensor):
-        """Fit on precomputed training features ``(N, L, D)``."""
+    def fit_features(self, features: torch.Tensor, patch_scores: Optional[torch.Tensor] = None):
+        """Fit on precomputed training features ``(N, L, D)``.
+
+        Args:
+            features: Training features.
+            patch_scores: This detector's ``(N, L)`` training patch scores if already
+                computed elsewhere (e.g. the stage-1 scores of a MeDS fit with the same
+                banks), to avoid computing them twice.
+        """
         features = features.to(self.device, torch.float32)
         self.memory_ = features
-        patch_scores = self._training_patch_scores(features)
+        if patch_scores is None:
+            patch_scores = self._training_patch_scores(features)
         self.training_scores_ = top_fraction_mean(patch_scores, self.top_fraction).cpu().numpy().astype(np.float64)
         # The threshold comes from the training images' own (out-of-sample) scores.
         maps = self.maps_from_patch_scores(patch_scores)
@@ -93,8 +101,7 @@ class MemoryEnsembleDetector(_MemoryDetector):
         queries = features.reshape(-1, dim)
         if self.n_banks == "exact":
             nearest = ops.group_min_distance(queries, memory, groups, n_train, metric=self.metric)
-            bank_size = int(np.ceil(self.bank_ratio * n_train))
-            return ops.expected_min_distance(nearest, bank_size).reshape(n, length)
+            return ops.expected_min_distance(nearest, ops.bank_size(n_train, self.bank_ratio)).reshape(n, length)
         banks = torch.as_tensor(
             ops.sample_banks(n_train, n_banks=int(self.n_banks), ratio=self.bank_ratio, seed=self.seed),
             device=memory.device,

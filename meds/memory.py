@@ -10,7 +10,6 @@ average by its B -> infinity limit (:func:`meds.ops.expected_min_distance`).
 
 from __future__ import annotations
 
-import math
 from typing import Union
 
 import numpy as np
@@ -22,12 +21,13 @@ from . import ops
 BankCount = Union[int, str]
 
 
-def _check_bank_count(n_banks: BankCount) -> None:
+def check_bank_count(n_banks: BankCount, fn: str = "memory_scores") -> None:
+    """Raise ``ValueError`` (naming ``fn``) unless ``n_banks`` is a positive int or ``"exact"``."""
     if isinstance(n_banks, str):
         if n_banks != "exact":
-            raise ValueError(f"memory_scores: n_banks must be a positive int or 'exact', got {n_banks!r}")
+            raise ValueError(f"{fn}: n_banks must be a positive int or 'exact', got {n_banks!r}")
     elif int(n_banks) < 1:
-        raise ValueError(f"memory_scores: n_banks must be >= 1, got {n_banks}")
+        raise ValueError(f"{fn}: n_banks must be >= 1, got {n_banks}")
 
 
 def memory_scores(
@@ -59,7 +59,7 @@ def memory_scores(
     Returns:
         ``(N, L)`` float32 scores on the device of ``features``.
     """
-    _check_bank_count(n_banks)
+    check_bank_count(n_banks)
     if features.dim() != 3:
         raise ValueError(f"memory_scores: features must be (N, L, D), got shape {tuple(features.shape)}")
     n_images, n_patches, dim = features.shape
@@ -70,7 +70,7 @@ def memory_scores(
 
     memory = features.reshape(n_images * n_patches, dim)
     groups = torch.arange(n_images, device=features.device).repeat_interleave(n_patches)
-    bank_size = int(math.ceil(bank_ratio * n_images))
+    bank_size = ops.bank_size(n_images, bank_ratio)
     banks = None
     if n_banks != "exact":
         banks = ops.sample_banks(n_images, n_banks=int(n_banks), ratio=bank_ratio, replace=replace, seed=seed)

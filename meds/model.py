@@ -28,7 +28,7 @@ import torch
 from . import __version__
 from .detector import ImageLike, PatchDetector, resolve_device
 from .io import load_json, load_tensors, save_json, save_tensors
-from .memory import BankCount, memory_scores
+from .memory import BankCount, check_bank_count, memory_scores
 from .scoring import top_fraction_mean
 from .network import NETWORK_PRESETS, NetworkConfig, ReconstructionNetwork
 from .train import Checkpointer, StepCallback, TrainConfig, distill, patch_scores, progressive_selection
@@ -103,10 +103,7 @@ class MeDS(PatchDetector):
         **kwargs,
     ):
         super().__init__(backbone, **kwargs)
-        if isinstance(n_banks, str) and n_banks != "exact":
-            raise ValueError(f"MeDS: n_banks must be a positive int or 'exact', got {n_banks!r}")
-        if not isinstance(n_banks, str) and int(n_banks) < 1:
-            raise ValueError(f"MeDS: n_banks must be >= 1, got {n_banks}")
+        check_bank_count(n_banks, "MeDS")
         if not 0.0 < bank_ratio <= 1.0:
             raise ValueError(f"MeDS: bank_ratio must be in (0, 1], got {bank_ratio}")
         if metric not in ("cosine", "l2", "sqeuclidean"):
