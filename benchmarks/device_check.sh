@@ -40,14 +40,14 @@ fi
 $PY -c "import meds; print(meds.build_info())" | tee -a "$SUMMARY"
 
 step "CUDA tests"
-timeout 200 $PY -m pytest -p no:cacheprovider -q -m cuda tests/test_ops_cuda.py --tb=short -rf \
+timeout 150 $PY -m pytest -p no:cacheprovider -q -m cuda tests/test_ops_cuda.py --tb=short -rf \
   >"$OUT/cuda_tests.log" 2>&1
 rc=$?
 grep -E "^(FAILED|ERROR)" "$OUT/cuda_tests.log" | head -n 40
 record "cuda tests (rc=$rc): $(tail -n 1 "$OUT/cuda_tests.log")"
 
 step "CUDA benchmark"
-timeout 240 $PY -m meds bench --device cuda --json "$OUT/bench_cuda.json" 2>&1 | tee "$OUT/bench.log"
+timeout 150 $PY -m meds bench --device cuda --json "$OUT/bench_cuda.json" 2>&1 | tee "$OUT/bench.log"
 record "bench rc=$?"
 grep -E "^\s+(fp32|tf32|bf16) |speedup|ensemble_distance " "$OUT/bench.log" >>"$SUMMARY"
 
@@ -56,14 +56,14 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   $PY -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
 t0=$SECONDS
-timeout 150 $PY -m meds demo --device cuda --out /tmp/meds-demo --quiet >"$OUT/demo.log" 2>&1
+timeout 120 $PY -m meds demo --device cuda --out /tmp/meds-demo --quiet >"$OUT/demo.log" 2>&1
 rc=$?
 tail -n 15 "$OUT/demo.log"
 record "demo rc=$rc in $((SECONDS - t0)) s"
 
 for tool in memcheck racecheck; do
   step "compute-sanitizer $tool"
-  timeout 120 compute-sanitizer --tool "$tool" --error-exitcode 3 \
+  timeout 75 compute-sanitizer --tool "$tool" --error-exitcode 3 \
     $PY -m pytest -p no:cacheprovider -q -m cuda tests/test_ops_cuda.py -x \
     -k "tails or exclude_self or unsorted or ensemble_distance_on_cuda" >"$OUT/sanitizer_$tool.log" 2>&1
   rc=$?
