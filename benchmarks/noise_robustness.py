@@ -10,6 +10,8 @@ run keeps what it measured).
     python benchmarks/noise_robustness.py --quick            # a subset, one seed (< 10 min)
     python benchmarks/noise_robustness.py                    # the full run
     python benchmarks/noise_robustness.py --data /data/mvtec --splits shared/reference/meds-official-splits/mvtec
+    # does contamination hurt the baselines at all? (one recurring fault per defect type)
+    python benchmarks/noise_robustness.py --quick --variation 0 --methods nearest_neighbour,memory_ensemble
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ def main(argv=None) -> int:
     parser.add_argument("--category", action="append", help="restrict to these categories")
     parser.add_argument("--methods", default="all", help="comma-separated methods or 'all'")
     parser.add_argument("--overlap", action="store_true", help="official overlap protocol")
+    parser.add_argument("--variation", type=float, default=1.0,
+                        help="synthetic set: spread between instances of a defect type (0 = one recurring fault)")
     parser.add_argument("--work", default="bench_out/noise", help="where the synthetic data and results go")
     parser.add_argument("--json", help="results JSON (default: WORK/results.json)")
     args = parser.parse_args(argv)
@@ -75,9 +79,9 @@ def main(argv=None) -> int:
         categories = args.category or list_categories(root)
         fmt = "auto"
     else:
-        root = work / "synthetic"
+        root = work / ("synthetic" if args.variation == 1.0 else f"synthetic_variation{args.variation:g}")
         categories = [c for c in (args.category or plan["categories"]) if c in SYNTHETIC_CATEGORIES]
-        generate_synthetic(root, categories=categories, seed=0, **plan["sizes"])
+        generate_synthetic(root, categories=categories, seed=0, variation=args.variation, **plan["sizes"])
         fmt = "mvtec"
     methods = list(METHODS) if args.methods == "all" else args.methods.split(",")
     config = ExperimentConfig(

@@ -134,3 +134,38 @@ def test_bad_arguments():
         generate_synthetic("/nonexistent/never", n_train=0)
     with pytest.raises(ValueError, match="defect"):
         render_synthetic("nut", 64, defect="crack")
+    with pytest.raises(ValueError, match="variation"):
+        render_synthetic("nut", 64, defect="rust", variation=1.5)
+    with pytest.raises(ValueError, match="variation"):
+        generate_synthetic("/nonexistent/never", variation=-0.1)
+
+
+def _extent(mask: np.ndarray) -> tuple[int, int]:
+    ys, xs = np.nonzero(mask)
+    return int(ys.max() - ys.min()) + 1, int(xs.max() - xs.min()) + 1
+
+
+@pytest.mark.parametrize("category,defect", [("fabric", "hole"), ("metal", "stain"), ("wood", "hole")])
+def test_variation_zero_repeats_one_fault_at_new_places(category, defect):
+    masks = [render_synthetic(category, 128, 0, i, defect, variation=0.0)[1] for i in range(5)]
+    centres = {tuple(np.round(np.argwhere(m).mean(0))) for m in masks}
+    assert len(centres) == 5, "each instance must be placed on its own"
+    # The same shape up to sub-pixel placement: areas within 8 %, extents within a pixel.
+    areas = np.array([m.sum() for m in masks])
+    assert areas.max() <= 1.08 * areas.min(), areas
+    extents = np.array([_extent(m) for m in masks])
+    assert (extents.max(0) - extents.min(0) <= 1).all(), extents
+    # The default spread gives instances of clearly different sizes.
+    areas = np.array([render_synthetic(category, 128, 0, i, defect)[1].sum() for i in range(5)])
+    assert areas.max() > 1.08 * areas.min(), areas
+
+
+def test_variation_is_recorded_and_one_is_the_default(tmp_path):
+    kw = dict(categories=["capsule"], n_train=1, n_test_good=1, n_test_defect=5, image_size=64)
+    generate_synthetic(tmp_path / "a", **kw)
+    generate_synthetic(tmp_path / "b", variation=1.0, **kw)
+    generate_synthetic(tmp_path / "c", variation=0.0, **kw)
+    a, b, c = _files(tmp_path / "a"), _files(tmp_path / "b"), _files(tmp_path / "c")
+    assert a == b
+    assert json.loads(c["synthetic.json"])["params"]["variation"] == 0.0
+    assert any(a[k] != c[k] for k in a if "ground_truth" in k)

@@ -484,23 +484,25 @@ class _Style:
     ``_Style`` calls in a fixed order.
     """
 
-    def __init__(self, tpl: np.random.Generator, rng: np.random.Generator):
-        self.tpl, self.rng = tpl, rng
+    def __init__(self, tpl: np.random.Generator, rng: np.random.Generator, variation: float = 1.0):
+        self.tpl, self.rng, self.variation = tpl, rng, float(variation)
+        self.where = rng  # where an instance goes is always its own draw
 
     def val(self, lo, hi, jitter=0.12):
-        return float(self.tpl.uniform(lo, hi) * self.rng.uniform(1 - jitter, 1 + jitter))
+        j = jitter * self.variation
+        return float(self.tpl.uniform(lo, hi) * self.rng.uniform(1 - j, 1 + j))
 
     def angle(self, spread=0.2):
-        return float(self.tpl.uniform(0, 2 * np.pi) + self.rng.normal(0, spread))
+        return float(self.tpl.uniform(0, 2 * np.pi) + self.rng.normal(0, spread * self.variation))
 
     def index(self, n, p_same=0.75):
         fav = int(self.tpl.integers(n))
-        return fav if self.rng.random() < p_same else int(self.rng.integers(n))
+        return fav if self.rng.random() < 1 - (1 - p_same) * self.variation else int(self.rng.integers(n))
 
 
 def _d_scratch(rng, st, S, img, ctx, delta=(5, 8), width=(0.005, 0.008), length=(0.25, 0.45), region="face"):
     dl, w, L, ang = st.val(*delta), st.val(*width), st.val(*length), st.angle(0.25)
-    p = _pick_point(rng, ctx[region])
+    p = _pick_point(st.where, ctx[region])
     pts = _curve_pts(rng, S, p, _px(S, L, 6), bend=0.2, ang=ang)
     a = _stroke(S, pts, _px(S, w, 1.0)) * ctx[region]
     return img + _F(dl), a
@@ -508,7 +510,7 @@ def _d_scratch(rng, st, S, img, ctx, delta=(5, 8), width=(0.005, 0.008), length=
 
 def _d_crack(rng, st, S, img, ctx, dark=(0.62, 0.75), length=(0.2, 0.35), width=(0.005, 0.008), branch_p=0.04):
     dk, L, w, ang = st.val(*dark, jitter=0.05), st.val(*length), st.val(*width), st.angle(0.4)
-    p = _pick_point(rng, ctx["face"], margin=max(S // 10, 1))
+    p = _pick_point(st.where, ctx["face"], margin=max(S // 10, 1))
     pts = _crack_pts(rng, S, p, _px(S, L, 6), branch_p=branch_p, ang=ang)
     a = _stroke(S, pts, _px(S, w, 1.0)) * ctx["face"]
     return img * _F(min(dk, 0.95)), a
@@ -517,14 +519,14 @@ def _d_crack(rng, st, S, img, ctx, dark=(0.62, 0.75), length=(0.2, 0.35), width=
 def _d_stain(rng, st, S, img, ctx, colour=(120, 96, 70), k=(0.07, 0.11), radius=(0.045, 0.075)):
     kk, r = st.val(*k), st.val(*radius)
     col = np.asarray(colour, _F) * _F(st.val(0.95, 1.05, jitter=0.02))
-    p = _pick_point(rng, ctx["face"])
+    p = _pick_point(st.where, ctx["face"])
     a = _blob(rng, S, *p, _px(S, r, 2), irregular=0.25, edge=_px(S, 0.01, 1.0)) * ctx["face"]
     return img * _F(1 - kk) + col * _F(kk), a
 
 
 def _d_dent(rng, st, S, img, ctx):
     R, amp, lt = _px(S, st.val(0.045, 0.07), 2), st.val(3.5, 5.5), st.angle(0.3)
-    cx, cy = _pick_point(rng, ctx["face"])
+    cx, cy = _pick_point(st.where, ctx["face"])
     a = _disk(S, cx, cy, R) * ctx["face"]
     u = (np.arange(S, dtype=_F)[None, :] - _F(cx)) / _F(R)
     v = (np.arange(S, dtype=_F)[:, None] - _F(cy)) / _F(R)
@@ -534,7 +536,7 @@ def _d_dent(rng, st, S, img, ctx):
 
 def _d_pits(rng, st, S, img, ctx):
     dk, spread, n = st.val(0.9, 0.94, jitter=0.02), _px(S, st.val(0.025, 0.04), 3), int(round(st.val(6, 10)))
-    cx, cy = _pick_point(rng, ctx["face"])
+    cx, cy = _pick_point(st.where, ctx["face"])
     a = np.zeros((S, S), _F)
     for _ in range(n):
         r = _px(S, rng.uniform(0.005, 0.008), 0.8)
@@ -544,7 +546,7 @@ def _d_pits(rng, st, S, img, ctx):
 
 def _d_hole_fabric(rng, st, S, img, ctx):
     r, dark = st.val(0.018, 0.028), st.val(0.68, 0.78, jitter=0.04)
-    p = _pick_point(rng, ctx["face"])
+    p = _pick_point(st.where, ctx["face"])
     a = _blob(rng, S, *p, _px(S, r, 1.5), irregular=0.35, edge=1.0)
     return img * _F(dark), a
 
@@ -552,7 +554,7 @@ def _d_hole_fabric(rng, st, S, img, ctx):
 def _d_thread(rng, st, S, img, ctx):
     T = ctx["T"] * S
     L, dl, horiz = st.val(0.3, 0.5), st.val(16, 22), st.index(2, p_same=0.85)
-    cx, cy = _pick_point(rng, ctx["face"])
+    cx, cy = _pick_point(st.where, ctx["face"])
     Lp = _px(S, L, 8)
     wob = rng.uniform(-1.0, 1.0)
     t = np.linspace(0, Lp, int(2 * Lp) + 2)
@@ -566,7 +568,7 @@ def _d_thread(rng, st, S, img, ctx):
 
 def _d_fiber(rng, st, S, img, ctx):
     L, dk, ang = st.val(0.15, 0.25), st.val(0.8, 0.86, jitter=0.03), st.angle(0.5)
-    p = _pick_point(rng, ctx["face"])
+    p = _pick_point(st.where, ctx["face"])
     pts = _curve_pts(rng, S, p, _px(S, L, 5), bend=0.45, ang=ang)
     a = _stroke(S, pts, _px(S, 0.006, 1.0))
     return img * _F(dk), a
@@ -574,7 +576,7 @@ def _d_fiber(rng, st, S, img, ctx):
 
 def _d_hole_wood(rng, st, S, img, ctx):
     r, dk = _px(S, st.val(0.012, 0.02), 1.5), st.val(0.45, 0.6, jitter=0.05)
-    cx, cy = _pick_point(rng, ctx["face"])
+    cx, cy = _pick_point(st.where, ctx["face"])
     a = _disk(S, cx, cy, r + _px(S, 0.006, 1.0))
     core = _disk(S, cx, cy, r)
     return img * (1 - core[..., None] * _F(1 - dk)) * _F(0.85), a
@@ -582,14 +584,14 @@ def _d_hole_wood(rng, st, S, img, ctx):
 
 def _d_oil(rng, st, S, img, ctx):
     r, dk = st.val(0.05, 0.08), st.val(0.92, 0.95, jitter=0.01)
-    p = _pick_point(rng, ctx["face"])
+    p = _pick_point(st.where, ctx["face"])
     a = _blob(rng, S, *p, _px(S, r, 3), irregular=0.25, edge=_px(S, 0.015, 1.5))
     return img * _F(dk) + np.array([0, 1, 4], _F), a
 
 
 def _d_gray_stroke(rng, st, S, img, ctx):
     L, w, ang = st.val(0.2, 0.35), st.val(0.02, 0.03), st.angle(0.3)
-    p = _pick_point(rng, ctx["face"])
+    p = _pick_point(st.where, ctx["face"])
     pts = _curve_pts(rng, S, p, _px(S, L, 6), bend=0.2, ang=ang)
     a = _stroke(S, pts, _px(S, w, 2)) * _F(0.6)
     return img * _F(0.82) + np.array([128, 128, 132], _F) * _F(0.18), a
@@ -597,7 +599,7 @@ def _d_gray_stroke(rng, st, S, img, ctx):
 
 def _d_rough(rng, st, S, img, ctx):
     r, amp = st.val(0.05, 0.08), st.val(22, 30)
-    p = _pick_point(rng, ctx["face"])
+    p = _pick_point(st.where, ctx["face"])
     a = _blob(rng, S, *p, _px(S, r, 3), irregular=0.3, edge=_px(S, 0.01, 1.0))
     tex = ndimage.gaussian_filter(rng.standard_normal((S, S), dtype=_F), 0.8) * _F(amp)
     return img * _F(0.97) + tex[..., None], a
@@ -617,7 +619,7 @@ def _d_chip(rng, st, S, img, ctx):
 def _d_particle(rng, st, S, img, ctx, region="face", radius=(0.018, 0.03), strength=0.85):
     r, light = st.val(*radius), st.index(2, p_same=0.9)
     col = np.array([226, 220, 205], _F) if light else np.array([20, 18, 16], _F)
-    p = _pick_point(rng, ctx[region])
+    p = _pick_point(st.where, ctx[region])
     a = _blob(rng, S, *p, _px(S, r, 1.5), irregular=0.4, edge=1.0)
     return np.zeros_like(img) + col, a * _F(strength)
 
@@ -625,7 +627,7 @@ def _d_particle(rng, st, S, img, ctx, region="face", radius=(0.018, 0.03), stren
 def _d_squeeze(rng, st, S, img, ctx):
     cx, cy, th, L, r = ctx["geo"]
     side, pos, rad = st.index(2), st.val(-0.8, 0.8, jitter=0.0), st.val(0.03, 0.045)
-    t = float(np.clip(pos + rng.normal(0, 0.25), -1, 1)) * L
+    t = float(np.clip(pos + st.where.normal(0, 0.25), -1, 1)) * L
     x, y = t, (1.0 if side else -1.0) * (r + 0.012)
     px_ = ((cx + np.cos(th) * x - np.sin(th) * y) + 0.5) * S - 0.5
     py_ = ((cy + np.sin(th) * x + np.cos(th) * y) + 0.5) * S - 0.5
@@ -648,7 +650,7 @@ def _d_imprint(rng, st, S, img, ctx):
 
 def _d_poke(rng, st, S, img, ctx):
     r, dk = _px(S, st.val(0.009, 0.015), 1.2), st.val(0.75, 0.83, jitter=0.03)
-    cx, cy = _pick_point(rng, ctx["face"])
+    cx, cy = _pick_point(st.where, ctx["face"])
     a = _disk(S, cx, cy, r + _px(S, 0.004, 0.8)) * ctx["face"]
     return img * _F(dk), a
 
@@ -676,7 +678,7 @@ def _d_broken_trace(rng, st, S, img, ctx):
     r = _px(S, st.val(0.014, 0.02), 1.5)
     tr = ctx["traces"] * (1 - ctx["other"])
     ys, xs = np.nonzero(tr > 0.95 * tr.max())
-    i = rng.integers(len(xs))
+    i = st.where.integers(len(xs))
     a = _disk(S, float(xs[i]), float(ys[i]), r) * tr
     return ctx["board_img"], a
 
@@ -733,6 +735,7 @@ def render_synthetic(
     index: int = 0,
     defect: str | None = None,
     split: str = "train",
+    variation: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Render one image without writing it (what :func:`generate_synthetic` writes).
 
@@ -743,6 +746,11 @@ def render_synthetic(
         index: Image index within its split.
         defect: ``None`` for a good image, else one of ``DEFECT_TYPES[category]``.
         split: ``"train"`` or ``"test"`` (good images; defects are always test).
+        variation: How much instances of one defect type differ, in [0, 1]: their
+            size, contrast, orientation and favoured location are the type's style
+            jittered by ``variation`` times the default spread; at 0 every instance also
+            has the same shape, only its position is its own (one recurring machine
+            fault). 1 (the default) gives the files of earlier versions.
 
     Returns:
         ``(image, mask, clean)``: ``(S, S, 3)`` uint8 image, ``(S, S)`` bool mask (all
@@ -752,6 +760,8 @@ def render_synthetic(
     S = int(image_size)
     if S < 32:
         raise ValueError(f"render_synthetic: image_size must be >= 32, got {image_size}")
+    if not 0 <= variation <= 1:
+        raise ValueError(f"render_synthetic: variation must be in [0, 1], got {variation}")
     ci = _cat_index(category)
     if defect is None:
         code = {"train": 0, "test": 1}[split]
@@ -767,9 +777,12 @@ def render_synthetic(
         return clean, np.zeros((S, S), bool), clean
     fn = _DEFECTS[category][defect]
     style_seed = [int(seed), ci, 1000 + DEFECT_TYPES[category].index(defect)]
+    # variation 0: every instance of the type also has the same shape (one recurring fault);
+    # only its position (st.where) is the instance's own.
+    shape_rng = np.random.default_rng(style_seed + [1]) if variation == 0 else rng
     for _ in range(20):
-        st = _Style(np.random.default_rng(style_seed), rng)  # same dataset-level style every time
-        target, alpha = fn(rng, st, S, img, ctx)
+        st = _Style(np.random.default_rng(style_seed), rng, variation)  # same dataset-level style every time
+        target, alpha = fn(shape_rng, st, S, img, ctx)
         a = np.where(alpha > _ALPHA_MIN, alpha, 0).astype(_F)
         out = img + a[..., None] * (np.asarray(target, _F) - img)
         q = np.clip(np.rint(out + noise), 0, 255).astype(np.uint8)
@@ -806,6 +819,7 @@ def generate_synthetic(
     image_size: int = 256,
     seed: int = 0,
     *,
+    variation: float = 1.0,
     overwrite: bool = False,
     workers: int | None = None,
     progress: bool = False,
@@ -823,6 +837,8 @@ def generate_synthetic(
         n_test_defect: Defective test images per category, spread evenly over its types.
         image_size: Side length in pixels (>= 32).
         seed: Seed; the same arguments give byte-identical files.
+        variation: Spread between instances of one defect type, in [0, 1] (see
+            :func:`render_synthetic`).
         overwrite: Replace existing category folders. Otherwise a category folder that
             already holds this exact generation (per ``synthetic.json``) is kept as it is,
             and any other existing non-empty folder raises ``FileExistsError``.
@@ -843,10 +859,13 @@ def generate_synthetic(
             raise ValueError(f"generate_synthetic: {name} must be an int >= {lo}, got {val!r}")
     if int(image_size) < 32:
         raise ValueError(f"generate_synthetic: image_size must be >= 32, got {image_size}")
+    if not 0 <= variation <= 1:
+        raise ValueError(f"generate_synthetic: variation must be in [0, 1], got {variation}")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     params = {"format_version": _FORMAT_VERSION, "image_size": int(image_size), "seed": int(seed),
-              "n_train": int(n_train), "n_test_good": int(n_test_good), "n_test_defect": int(n_test_defect)}  # fmt: skip
+              "n_train": int(n_train), "n_test_good": int(n_test_good), "n_test_defect": int(n_test_defect),
+              "variation": float(variation)}  # fmt: skip
     meta_path = root / "synthetic.json"
     previous = {}
     if meta_path.is_file():
@@ -880,7 +899,7 @@ def generate_synthetic(
 
     def work(job):
         c, split, folder, i, defect = job
-        img, mask, _ = render_synthetic(c, int(image_size), int(seed), i, defect, split)
+        img, mask, _ = render_synthetic(c, int(image_size), int(seed), i, defect, split, variation)
         _save_png(img, root / c / split / folder / f"{i:03d}.png")
         if defect is not None:
             _save_png(mask.astype(np.uint8) * 255, root / c / "ground_truth" / folder / f"{i:03d}_mask.png")
