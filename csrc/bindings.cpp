@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <new>
 #include <stdexcept>
 #include <string>
@@ -83,21 +84,37 @@ std::vector<std::string> split_commas(const std::string& s) {
   return out;
 }
 
+// Whether an sm_90a target ("90a", "90a-real", "sm_90a", ...) is in the compiled arch list:
+// the Hopper wgmma kernel exists only then.
+bool has_sm90a(const std::vector<std::string>& archs) {
+  for (const std::string& a : archs) {
+    const size_t at = a.find("90a");
+    if (at != std::string::npos && (at == 0 || a[at - 1] == '_')) return true;
+  }
+  return false;
+}
+
 py::dict build_info() {
   py::dict info;
 #ifdef MEDS_WITH_CUDA
   info["cuda"] = true;
 #ifdef MEDS_CUDA_ARCHS
-  info["cuda_archs"] = split_commas(MEDS_CUDA_ARCHS);
+  const std::vector<std::string> archs = split_commas(MEDS_CUDA_ARCHS);
 #else
-  info["cuda_archs"] = std::vector<std::string>{};
+  const std::vector<std::string> archs;
 #endif
+  info["cuda_archs"] = archs;
+  info["cuda_sm90a"] = has_sm90a(archs);
   info["cuda_runtime_version"] = CUDART_VERSION;
 #else
   info["cuda"] = false;
   info["cuda_archs"] = std::vector<std::string>{};
+  info["cuda_sm90a"] = false;
   info["cuda_runtime_version"] = py::none();
 #endif
+  // Tensor-core kernel choice in effect (MEDS_CUDA_TC=auto|mma|wgmma, unset = auto).
+  const char* tc = std::getenv("MEDS_CUDA_TC");
+  info["cuda_tc"] = std::string(tc != nullptr && *tc != '\0' ? tc : "auto");
   info["cuda_device_count"] = meds::cuda_device_count();
 #if defined(_OPENMP)
   info["openmp"] = true;
@@ -141,4 +158,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("build_info", &build_info, "What this build of the extension contains.");
   m.def("cuda_device_count", &meds::cuda_device_count,
         "Number of visible CUDA devices (0 without CUDA support or without a device).");
+  m.def("cuda_last_kernel", &meds::cuda_last_group_min_kernel,
+        "Fused kernel launched by the latest CUDA group_min_distance call in this process: "
+        "'simt', 'mma', 'wgmma' or 'none' (debugging aid).");
+  m.def("cuda_wgmma_status", &meds::cuda_wgmma_status, py::arg("device") = 0,
+        "'ok' when the Hopper (sm_90a) wgmma kernel can run on this CUDA device, otherwise the "
+        "reason it cannot. MEDS_CUDA_TC=auto|mma|wgmma selects between it and mma.sync.");
 }

@@ -652,10 +652,16 @@ def build_info() -> dict:
     """What this build of the extension contains.
 
     Returns:
-        dict with ``cuda`` (bool), ``cuda_archs`` (list), ``cuda_runtime_version``,
-        ``cuda_device_count``, ``openmp``, ``openmp_version``, ``openmp_max_threads``,
-        ``simd_compiled`` (list), ``simd_selected`` (the CPU kernel used on this machine;
-        ``MEDS_CPU_SIMD=avx2|portable`` lowers it), ``compiler`` and ``version``.
+        dict with ``cuda`` (bool), ``cuda_archs`` (list), ``cuda_sm90a`` (whether the Hopper
+        wgmma kernel is compiled in, i.e. an sm_90a target is in the list),
+        ``cuda_runtime_version``, ``cuda_tc`` (the ``MEDS_CUDA_TC`` setting in effect:
+        ``auto`` (default) uses the wgmma kernel for tf32/bf16/fp16 where it can run and
+        mma.sync elsewhere, ``mma`` always mma.sync, ``wgmma`` as auto), ``cuda_device_count``,
+        ``openmp``, ``openmp_version``, ``openmp_max_threads``, ``simd_compiled`` (list),
+        ``simd_selected`` (the CPU kernel used on this machine; ``MEDS_CPU_SIMD=avx2|portable``
+        lowers it), ``compiler`` and ``version``. ``meds._C.cuda_wgmma_status(device)`` says
+        whether the wgmma kernel can run on a device and ``meds._C.cuda_last_kernel()`` which
+        kernel the latest CUDA call ran.
     """
     info = dict(_ext().build_info())
     from meds import __version__  # noqa: PLC0415

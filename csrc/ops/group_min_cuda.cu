@@ -20,6 +20,14 @@
 //        - TF32 / BF16 / FP16 (sm_80+): tensor cores through mma.sync (m16n8k8 tf32,
 //          m16n8k16 bf16/f16), fp32 accumulation, 256x128x(64 bytes) tile, 8 warps of
 //          64x64, 4-stage cp.async pipeline, ldmatrix from XOR-swizzled shared memory.
+//        - TF32 / BF16 / FP16 on Hopper (cc 9.0, only when the sm_90a code is compiled in and
+//          loaded): wgmma.mma_async from TMA-loaded, 128B-swizzled shared memory, 128x256 tile,
+//          warp-specialised (1 producer + 2 consumer warpgroups, setmaxnreg), 4-stage mbarrier
+//          pipeline; see group_min_cuda_sm90.cuh. Otherwise the mma.sync kernel runs.
+//      The environment variable MEDS_CUDA_TC=auto|mma|wgmma (read at every call; unset =
+//      auto) chooses between the two tensor-core kernels: auto and wgmma use the wgmma kernel
+//      where it is available and fall back to mma.sync elsewhere; mma always uses mma.sync.
+//      cuda_last_group_min_kernel() reports which kernel the latest call launched.
 //      Epilogue: when every column of the tile belongs to one group (the normal case: a
 //      group is one image's ~784 contiguous patches) each thread reduces its registers,
 //      a few warp shuffles finish the row minimum, one atomic per row and warp. Otherwise
@@ -30,13 +38,17 @@
 #define MEDS_WITH_CUDA 1  // this file is only ever compiled into a CUDA build
 #endif
 
+#include <cuda.h>  // CUtensorMap and its enums only (no driver API calls are linked)
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 
@@ -679,6 +691,10 @@ __global__ void __launch_bounds__(tc::THREADS, 1) group_min_tc_kernel(const KArg
 }
 
 // ------------------------------------------------------------------------------------------
+// Hopper wgmma kernel (its body is compiled only for sm_90a).
+#include "ops/group_min_cuda_sm90.cuh"
+
+// ------------------------------------------------------------------------------------------
 // Host side.
 void check_launch(const char* what) {
   const cudaError_t e = cudaGetLastError();
@@ -796,7 +812,160 @@ void launch_tc(const KArgs& k, int grid, cudaStream_t st) {
   check_launch("group_min_tc_kernel");
 }
 
+// ---- kernel choice between mma.sync and wgmma ---------------------------------------------
+enum class TcMode { Auto, Mma, Wgmma };
+
+// MEDS_CUDA_TC: unset, "" or "auto" -> Auto; "mma"; "wgmma". Anything else is an error (a typo
+// must not silently benchmark the wrong kernel).
+TcMode tc_mode_from_env() {
+  const char* v = std::getenv("MEDS_CUDA_TC");
+  if (v == nullptr || *v == '\0' || std::strcmp(v, "auto") == 0) return TcMode::Auto;
+  if (std::strcmp(v, "mma") == 0) return TcMode::Mma;
+  if (std::strcmp(v, "wgmma") == 0) return TcMode::Wgmma;
+  throw std::invalid_argument(
+      std::string("group_min_distance: environment variable MEDS_CUDA_TC must be 'auto', "
+                  "'mma' or 'wgmma', got '") +
+      v + "'");
+}
+
+enum LastKernel : int { kLastNone = 0, kLastSimt = 1, kLastMma = 2, kLastWgmma = 3 };
+std::atomic<int> g_last_kernel{kLastNone};
+
+// cuTensorMapEncodeTiled from the driver, fetched through the runtime (no link to libcuda).
+using EncodeTiledFn = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*,
+                                   const cuuint64_t*, const cuuint64_t*, const cuuint32_t*,
+                                   const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
+                                   CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+EncodeTiledFn encode_tiled_fn() {
+  static const EncodeTiledFn fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
+#if CUDART_VERSION >= 12050
+    const cudaError_t e =
+        cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q);
+#else
+    const cudaError_t e = cudaGetDriverEntryPoint("cuTensorMapEncodeTiled", &f, cudaEnableDefault, &q);
+#endif
+    if (e != cudaSuccess || q != cudaDriverEntryPointSuccess) {
+      (void)cudaGetLastError();
+      f = nullptr;
+    }
+    return reinterpret_cast<EncodeTiledFn>(f);
+  }();
+  return fn;
+}
+
+// Whether the variant of group_min_wgmma_kernel<CT> that the runtime loaded for the current
+// device is the real sm_90a one: only that variant declares static shared memory (its
+// mbarriers); the stub of every other compilation (sm_75..sm_89, compute_90 PTX JIT-compiled,
+// or a build without 90a) declares none. This looks at the very function that would be
+// launched, so it holds whichever cubin the driver picked from the fatbinary.
+template <int CT>
+bool wgmma_kernel_is_real(std::string* why) {
+  cudaFuncAttributes fa{};
+  const cudaError_t e = cudaFuncGetAttributes(&fa, group_min_wgmma_kernel<CT>);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    if (why) *why = std::string("cudaFuncGetAttributes failed: ") + cudaGetErrorName(e);
+    return false;
+  }
+  if (fa.sharedSizeBytes < static_cast<size_t>(wg::STATIC_SMEM) ||
+      fa.maxThreadsPerBlock < wg::THREADS) {
+    if (why) {
+      *why = "the loaded variant of the wgmma kernel is not the sm_90a one (binaryVersion " +
+             std::to_string(fa.binaryVersion) + ", ptxVersion " + std::to_string(fa.ptxVersion) +
+             ", static shared " + std::to_string(fa.sharedSizeBytes) + " B)";
+    }
+    return false;
+  }
+  return true;
+}
+
+// nullptr-equivalent (empty string) when the wgmma kernel can run on `device` for compute type
+// ct, else the reason. Cheap (attribute queries only; no launch, no synchronisation), so it is
+// evaluated at every call and is safe during stream capture.
+std::string wgmma_unavailable(int device, int ct) {
+  int major = 0, minor = 0, optin = 0;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) !=
+          cudaSuccess) {
+    (void)cudaGetLastError();
+    return "device attributes unavailable";
+  }
+  if (major != 9 || minor != 0) {
+    return "device is compute capability " + std::to_string(major) + "." + std::to_string(minor) +
+           ", the wgmma kernel is sm_90a only";
+  }
+  if (optin < wg::SMEM + wg::STATIC_SMEM) return "not enough opt-in shared memory per block";
+  if (encode_tiled_fn() == nullptr) return "cuTensorMapEncodeTiled is not available from the driver";
+  std::string why;
+  bool real = false;
+  switch (ct) {
+    case kTF32: real = wgmma_kernel_is_real<kTF32>(&why); break;
+    case kBF16: real = wgmma_kernel_is_real<kBF16>(&why); break;
+    case kF16: real = wgmma_kernel_is_real<kF16>(&why); break;
+    default: return "not a tensor-core compute type";
+  }
+  return real ? std::string() : why;
+}
+
+// Tensor map of a row-major (rows x cols) matrix with row pitch `ld` elements, boxes of
+// (box_rows x 128 bytes), 128-byte swizzle, zero fill out of bounds. False when the driver
+// refuses it (the caller then falls back to mma.sync).
+bool make_tensor_map(CUtensorMap* map, int ct, const void* base, int64_t rows, int64_t cols,
+                     int64_t ld, int box_rows) {
+  const EncodeTiledFn fn = encode_tiled_fn();
+  if (fn == nullptr) return false;
+  const int64_t es = ct == kTF32 ? 4 : 2;
+  const CUtensorMapDataType dt = ct == kTF32   ? CU_TENSOR_MAP_DATA_TYPE_FLOAT32
+                                 : ct == kBF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
+                                               : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(ld * es)};  // bytes, dims 1..rank-1
+  const cuuint32_t box[2] = {static_cast<cuuint32_t>(wg::KB / es),
+                             static_cast<cuuint32_t>(box_rows)};
+  const cuuint32_t estr[2] = {1, 1};
+  const CUresult r = fn(map, dt, 2, const_cast<void*>(base), dims, strides, box, estr,
+                        CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                        CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS;
+}
+
+template <int CT>
+void launch_wgmma(const CUtensorMap& ta, const CUtensorMap& tb, const KArgs& k, int kt_count,
+                  int grid, cudaStream_t st) {
+  MEDS_CUDA_CHECK(cudaFuncSetAttribute(group_min_wgmma_kernel<CT>,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, wg::SMEM));
+  group_min_wgmma_kernel<CT><<<grid, wg::THREADS, wg::SMEM, st>>>(ta, tb, k, kt_count);
+  check_launch("group_min_wgmma_kernel");
+}
+
 }  // namespace
+
+const char* cuda_last_group_min_kernel() noexcept {
+  switch (g_last_kernel.load()) {
+    case kLastSimt: return "simt";
+    case kLastMma: return "mma";
+    case kLastWgmma: return "wgmma";
+    default: return "none";
+  }
+}
+
+std::string cuda_wgmma_status(int device) {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess || device < 0 || device >= n) {
+    (void)cudaGetLastError();
+    return "no such CUDA device";
+  }
+  DeviceGuard guard(device);
+  for (int ct : {kTF32, kBF16, kF16}) {
+    const std::string why = wgmma_unavailable(device, ct);
+    if (!why.empty()) return why;
+  }
+  return "ok";
+}
 
 int cuda_device_count() noexcept {
   int n = 0;
@@ -809,6 +978,8 @@ int cuda_device_count() noexcept {
 }
 
 void group_min_distance_cuda(const GroupMinArgs& a) {
+  const TcMode tc_mode = tc_mode_from_env();  // throws on a bad MEDS_CUDA_TC, before any work
+  g_last_kernel.store(kLastNone);
   if (a.nq == 0 || a.n_groups == 0) return;
   DeviceGuard guard(a.device);
   const cudaStream_t st = static_cast<cudaStream_t>(a.stream);
@@ -834,14 +1005,24 @@ void group_min_distance_cuda(const GroupMinArgs& a) {
       }
     }
     const int64_t es = (ct == kF32 || ct == kTF32) ? 4 : 2;
+    // Hopper wgmma kernel? Only for tensor-core compute types, when MEDS_CUDA_TC allows it, the
+    // device is cc 9.0, the loaded binary holds the real sm_90a kernel and the sizes fit the
+    // TMA's 32-bit coordinates. Anything else: the mma.sync kernel.
+    const int64_t kLim = (int64_t{1} << 31) - 1024;
+    bool use_wg = ct != kF32 && tc_mode != TcMode::Mma && a.nq < kLim && a.nm < kLim &&
+                  a.d < kLim / 4 && wgmma_unavailable(a.device, ct).empty();
     const DType native = es == 4 ? DType::Float32 : (ct == kBF16 ? DType::BFloat16 : DType::Float16);
     const int64_t pitch = (a.d + (16 / es) - 1) / (16 / es) * (16 / es);  // 16-byte rows
     auto usable = [&](const void* ptr, int64_t stride) {
       return a.dtype == native && reinterpret_cast<uintptr_t>(ptr) % 16 == 0 &&
-             (stride * es) % 16 == 0;
+             (stride * es) % 16 == 0 && (!use_wg || stride >= a.d);  // TMA: no overlapping rows
     };
-    const bool pack_q = !usable(a.queries, a.query_row_stride);
-    const bool pack_m = !usable(a.memory, a.memory_row_stride);
+    // The wgmma kernel reads tf32 operands straight from shared memory (the hardware would
+    // truncate the fp32 mantissa), so for it TF32 operands are always packed, rounded to tf32
+    // by the prep pass exactly like the cvt.rna of the mma.sync kernel.
+    const bool round_tf32 = use_wg && ct == kTF32;
+    const bool pack_q = round_tf32 || !usable(a.queries, a.query_row_stride);
+    const bool pack_m = round_tf32 || !usable(a.memory, a.memory_row_stride);
 
     size_t off = 0;
     const size_t off_qn = off;
@@ -877,19 +1058,45 @@ void group_min_distance_cuda(const GroupMinArgs& a) {
     k.out = reinterpret_cast<uint32_t*>(a.out);
     k.cosine = a.metric == Metric::Cosine ? 1 : 0;
 
-    const int64_t bm = ct == kF32 ? simt::BM : tc::BM;
-    const int64_t bn = ct == kF32 ? simt::BN : tc::BN;
+    // Tensor maps for the wgmma kernel. Packed operands expose their zero padding (pitch
+    // columns, at least 16 bytes); direct operands expose exactly d columns. Should the driver
+    // refuse either map, the mma.sync kernel runs (it accepts every layout used here, and
+    // tf32 values already rounded by the prep pass round to themselves).
+    CUtensorMap tmap_a, tmap_b;
+    if (use_wg) {
+      use_wg = make_tensor_map(&tmap_a, ct, k.A, a.nq, pack_q ? pitch : a.d, k.lda, wg::BM) &&
+               make_tensor_map(&tmap_b, ct, k.B, a.nm, pack_m ? pitch : a.d, k.ldb, wg::BN);
+    }
+
+    const int64_t bm = ct == kF32 ? simt::BM : use_wg ? wg::BM : tc::BM;
+    const int64_t bn = ct == kF32 ? simt::BN : use_wg ? wg::BN : tc::BN;
     k.tiles_m = (a.nq + bm - 1) / bm;
     k.tiles_n = (a.nm + bn - 1) / bn;
-    const int grid = grid_for(k.tiles_m * k.tiles_n, 1, INT_MAX);
-    switch (ct) {
-      case kF32:
-        group_min_simt_kernel<<<grid, simt::THREADS, 0, st>>>(k);
-        check_launch("group_min_simt_kernel");
-        break;
-      case kTF32: launch_tc<kTF32>(k, grid, st); break;
-      case kBF16: launch_tc<kBF16>(k, grid, st); break;
-      default: launch_tc<kF16>(k, grid, st); break;
+    const int64_t tiles = k.tiles_m * k.tiles_n;
+    if (use_wg) {
+      // Persistent: one CTA per SM (the kernel needs ~200 KiB of shared memory).
+      int sms = 0;
+      MEDS_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, a.device));
+      const int grid = grid_for(tiles, 1, std::max(sms, 1));
+      const int kt_count = static_cast<int>((a.d * es + wg::KB - 1) / wg::KB);
+      switch (ct) {
+        case kTF32: launch_wgmma<kTF32>(tmap_a, tmap_b, k, kt_count, grid, st); break;
+        case kBF16: launch_wgmma<kBF16>(tmap_a, tmap_b, k, kt_count, grid, st); break;
+        default: launch_wgmma<kF16>(tmap_a, tmap_b, k, kt_count, grid, st); break;
+      }
+      g_last_kernel.store(kLastWgmma);
+    } else {
+      const int grid = grid_for(tiles, 1, INT_MAX);
+      switch (ct) {
+        case kF32:
+          group_min_simt_kernel<<<grid, simt::THREADS, 0, st>>>(k);
+          check_launch("group_min_simt_kernel");
+          break;
+        case kTF32: launch_tc<kTF32>(k, grid, st); break;
+        case kBF16: launch_tc<kBF16>(k, grid, st); break;
+        default: launch_tc<kF16>(k, grid, st); break;
+      }
+      g_last_kernel.store(ct == kF32 ? kLastSimt : kLastMma);
     }
   }
 
