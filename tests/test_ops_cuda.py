@@ -1,6 +1,11 @@
 """CUDA kernels of meds.group_min_distance / meds.ensemble_distance against a float64 brute
 force written here (and against the CPU path). Every test needs a visible CUDA device and is
-skipped without one."""
+skipped without one.
+
+The tensor-core tests run once per tensor-core kernel (fixture `tc_path`): "mma" (mma.sync,
+sm_80+) and "wgmma" (Hopper sm_90a; skipped where the device or the binary lacks it), chosen
+through the environment variable MEDS_CUDA_TC, and each checks that the intended kernel ran
+(meds._C.cuda_last_kernel())."""
 
 import math
 
@@ -9,6 +14,7 @@ import pytest
 import torch
 
 import meds
+from meds import _C
 
 pytestmark = [
     pytest.mark.cuda,
@@ -20,6 +26,35 @@ METRICS = ["cosine", "sqeuclidean", "l2"]
 # scale |q|^2 + |m|^2, per multiplication precision.
 TOL = {"fp32": 1e-5, "tf32": 4e-3, "fp16": 4e-3, "bf16": 2.5e-2}
 DEV = "cuda"
+TC_PATHS = ["mma", "wgmma"]
+
+
+def wgmma_status():
+    return _C.cuda_wgmma_status(torch.cuda.current_device())
+
+
+@pytest.fixture(params=TC_PATHS)
+def tc_path(request, monkeypatch):
+    """Runs the test under MEDS_CUDA_TC=mma and =wgmma (the latter only where it can run)."""
+    if request.param == "wgmma":
+        status = wgmma_status()
+        if status != "ok":
+            pytest.skip(f"the sm_90a wgmma kernel cannot run here: {status}")
+    monkeypatch.setenv("MEDS_CUDA_TC", request.param)
+    return request.param
+
+
+def skip_fp32_twice(precision, tc_path):
+    """fp32 runs the SIMT kernel whatever MEDS_CUDA_TC says: test it under one tc_path only."""
+    if precision == "fp32" and tc_path != TC_PATHS[0]:
+        pytest.skip("fp32 runs the SIMT kernel, already tested under MEDS_CUDA_TC=mma")
+
+
+def assert_kernel(precision, tc_path):
+    """The latest CUDA call ran the kernel that precision + MEDS_CUDA_TC select."""
+    want = "simt" if precision == "fp32" else tc_path
+    got = _C.cuda_last_kernel()
+    assert got == want, f"expected the {want} kernel to run, the {got} kernel ran"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,20 +168,23 @@ def test_fp32_matches_reference_and_cpu(metric, d):
 @pytest.mark.parametrize("metric", METRICS)
 @pytest.mark.parametrize("precision", ["tf32", "bf16", "fp16"])
 @pytest.mark.parametrize("d", [3, 17, 128, 768])
-def test_tensor_core_precisions_fp32_inputs(metric, precision, d):
+def test_tensor_core_precisions_fp32_inputs(metric, precision, d, tc_path):
     q, m, g = make(300, 517, d, 5, seed=100 + d)
     out = meds.group_min_distance(q, m, g, 5, metric=metric, precision=precision)
+    assert_kernel(precision, tc_path)
     assert_close_distances(out, ref_group_min(q, m, g, 5, metric), q, m, metric, precision)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("precision", ["fp32", "tf32", "native"])
 @pytest.mark.parametrize("metric", METRICS)
-def test_16bit_inputs(dtype, precision, metric):
+def test_16bit_inputs(dtype, precision, metric, tc_path):
     if precision == "native":
         precision = "fp16" if dtype == torch.float16 else "bf16"
+    skip_fp32_twice(precision, tc_path)
     q, m, g = make(260, 390, 130, 4, seed=7, dtype=dtype)
     out = meds.group_min_distance(q, m, g, 4, metric=metric, precision=precision)
+    assert_kernel(precision, tc_path)
     # The inputs are exact in every precision here: products of 16-bit values are exact in
     # fp32, so the reference on the 16-bit values themselves must match to fp32 round-off.
     assert_close_distances(out, ref_group_min(q, m, g, 4, metric), q, m, metric, "tf32")
@@ -156,17 +194,20 @@ def test_16bit_inputs(dtype, precision, metric):
 @pytest.mark.parametrize(
     "nq,nm", [(1, 1), (1, 300), (255, 129), (256, 128), (257, 127), (513, 1), (129, 1025)]
 )
-def test_tails(precision, nq, nm):
+def test_tails(precision, nq, nm, tc_path):
+    skip_fp32_twice(precision, tc_path)
     q, m, g = make(nq, nm, 33, 1, seed=nq + nm)
     for metric in ("cosine", "sqeuclidean"):
         out = meds.group_min_distance(q, m, g, 1, metric=metric, precision=precision)
+        assert_kernel(precision, tc_path)
         assert out.shape == (nq, 1)
         assert_close_distances(out, ref_group_min(q, m, g, 1, metric), q, m, metric, precision)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("layout", ["random", "permuted_blocks", "one_row_per_group"])
-def test_unsorted_groups(precision, layout):
+def test_unsorted_groups(precision, layout, tc_path):
+    skip_fp32_twice(precision, tc_path)
     if layout == "one_row_per_group":
         q, m, _ = make(70, 400, 64, 1, seed=3)
         g = torch.randperm(400, generator=torch.Generator().manual_seed(1)).to(DEV)
@@ -176,12 +217,14 @@ def test_unsorted_groups(precision, layout):
         q, m, g = make(70, 1500, 64, n_groups, seed=4, groups=layout)
     for metric in METRICS:
         out = meds.group_min_distance(q, m, g, n_groups, metric=metric, precision=precision)
+        assert_kernel(precision, tc_path)
         ref = ref_group_min(q, m, g, n_groups, metric)
         assert_close_distances(out, ref, q, m, metric, precision)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
-def test_exclude_self(precision):
+def test_exclude_self(precision, tc_path):
+    skip_fp32_twice(precision, tc_path)
     # Queries are the memory rows themselves (a leave-one-out search), groups of ~784 rows.
     gen = torch.Generator().manual_seed(5)
     n_img, per = 6, 100
@@ -192,6 +235,7 @@ def test_exclude_self(precision):
         out = meds.group_min_distance(
             q, m, g, n_img, metric=metric, query_groups=qg, exclude_self=True, precision=precision
         )
+        assert_kernel(precision, tc_path)
         ref = ref_group_min(q, m, g, n_img, metric, qg, True)
         assert torch.isnan(out[torch.arange(len(qg), device=DEV), qg]).all()
         assert_close_distances(out, ref, q, m, metric, precision)
@@ -202,7 +246,8 @@ def test_exclude_self(precision):
 
 
 @pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16", "fp16"])
-def test_patch_groups_typical_layout(precision):
+def test_patch_groups_typical_layout(precision, tc_path):
+    skip_fp32_twice(precision, tc_path)
     # The normal case: a group is one image's 784 patches, contiguous; tiles mostly hold one
     # group (fast epilogue) and some straddle two (general epilogue).
     gen = torch.Generator().manual_seed(21)
@@ -213,13 +258,16 @@ def test_patch_groups_typical_layout(precision):
     g = torch.arange(n_img).repeat_interleave(per).to(DEV)
     for metric in METRICS:
         out = meds.group_min_distance(q, m, g, n_img, metric=metric, precision=precision)
+        assert_kernel(precision, tc_path)
         assert_close_distances(out, ref_group_min(q, m, g, n_img, metric), q, m, metric, precision)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_empty_groups_give_nan(precision):
+def test_empty_groups_give_nan(precision, tc_path):
+    skip_fp32_twice(precision, tc_path)
     q, m, g = make(20, 90, 16, 3, seed=9)
-    out = meds.group_min_distance(q, m, g * 2, 7, precision=precision)  # groups 0, 2, 4 only
+    out = meds.group_min_distance(q, m, g * 2, 7, precision=precision)
+    assert_kernel(precision, tc_path)  # groups 0, 2, 4 only
     assert torch.isnan(out[:, [1, 3, 5, 6]]).all()
     assert not torch.isnan(out[:, [0, 2, 4]]).any()
     assert_close_distances(out, ref_group_min(q, m, g * 2, 7, "cosine"), q, m, "cosine", precision)
@@ -236,9 +284,10 @@ def test_zero_vectors_cosine():
 
 @pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16", "fp16"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_strided_and_unaligned_rows(precision, dtype):
+def test_strided_and_unaligned_rows(precision, dtype, tc_path):
     if dtype == torch.bfloat16 and precision == "fp16":
         pytest.skip("bfloat16 inputs refuse fp16 precision")
+    skip_fp32_twice(precision, tc_path)
     gen = torch.Generator().manual_seed(12)
     d = 40
     qb = torch.randn(50, 3 * d + 5, generator=gen).to(dtype).to(DEV)
@@ -254,6 +303,7 @@ def test_strided_and_unaligned_rows(precision, dtype):
         assert not q.is_contiguous()
         for metric in METRICS:
             out = meds.group_min_distance(q, m, g, 4, metric=metric, precision=precision)
+            assert_kernel(precision, tc_path)
             ref = ref_group_min(q, m, g, 4, metric)
             p = precision if dtype == torch.float32 else "tf32"
             assert_close_distances(out, ref, q, m, metric, p)
@@ -283,7 +333,8 @@ def test_other_device_ordinal():
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("reduce", ["mean", "none"])
-def test_ensemble_distance_on_cuda(precision, reduce):
+def test_ensemble_distance_on_cuda(precision, reduce, tc_path):
+    skip_fp32_twice(precision, tc_path)
     n_img, per = 12, 50
     gen = torch.Generator().manual_seed(15)
     m = torch.randn(n_img * per, 32, generator=gen).to(DEV)
@@ -294,6 +345,7 @@ def test_ensemble_distance_on_cuda(precision, reduce):
     out = meds.ensemble_distance(
         q, m, g, banks, query_groups=qg, exclude_self=True, reduce=reduce, precision=precision
     )
+    assert_kernel(precision, tc_path)
     assert out.device.type == "cuda"
     gm = ref_group_min(q, m, g, n_img, "cosine", qg, True)  # (nq, G)
     per_bank = torch.stack(
@@ -319,6 +371,89 @@ def test_ensemble_distance_on_cuda(precision, reduce):
         q.cpu(), m.cpu(), g.cpu(), banks.cpu(), query_groups=qg.cpu(), exclude_self=True, reduce=reduce
     )
     torch.testing.assert_close(got.float(), cpu, atol=max(tol, 1e-5), rtol=0, equal_nan=True)
+
+
+_MANY_TILES_CACHE = {}
+
+
+def _many_tiles_case(layout):
+    """Inputs and float64 references (computed once, shared by precisions and kernels)."""
+    if layout not in _MANY_TILES_CACHE:
+        gen = torch.Generator().manual_seed(31)
+        nq, nm, d, n_groups = 1100, 16000, 200, 24
+        m = torch.randn(nm, d, generator=gen)
+        q = torch.cat([m[:: nm // 500][:500] + 0.05 * torch.randn(500, d, generator=gen),
+                       torch.randn(nq - 500, d, generator=gen)])
+        if layout == "contiguous":
+            g = contiguous_groups(nm, n_groups, gen)
+        else:
+            g = torch.randint(0, n_groups, (nm,), generator=gen)
+        qg = torch.randint(0, n_groups, (nq,), generator=gen)
+        refs = {}
+        for metric in ("cosine", "sqeuclidean"):
+            for excl in (False, True):
+                refs[metric, excl] = ref_group_min(q, m, g, n_groups, metric, qg if excl else None, excl)
+        _MANY_TILES_CACHE[layout] = (q, m, g, qg, n_groups, refs)
+    return _MANY_TILES_CACHE[layout]
+
+
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+@pytest.mark.parametrize("layout", ["contiguous", "random"])
+def test_many_tiles_per_cta(precision, layout, tc_path):
+    # 9 x 63 = 567 output tiles of the wgmma kernel (128 x 256), so every persistent CTA of an
+    # H200 (132 SMs) runs 4-5 of them: the pipeline phases wrap across tiles, the column info
+    # is double-buffered and prefetched one tile ahead. K = 200 -> 7 (tf32) / 4 (bf16) stages
+    # of 128 bytes, the last one partial; nq and nm are not multiples of the tile. "contiguous"
+    # groups (runs of ~670 rows) mix one- and two-group tiles, "random" takes the general
+    # epilogue everywhere.
+    q, m, g, qg, n_groups, refs = _many_tiles_case(layout)
+    q, m, g, qg = q.to(DEV), m.to(DEV), g.to(DEV), qg.to(DEV)
+    for (metric, excl), ref in refs.items():
+        out = meds.group_min_distance(q, m, g, n_groups, metric=metric, precision=precision,
+                                      query_groups=qg if excl else None, exclude_self=excl)
+        assert_kernel(precision, tc_path)
+        assert_close_distances(out, ref, q, m, metric, precision)
+
+
+def test_wgmma_kernel_runs_on_hopper(monkeypatch):
+    """On a cc 9.0 device with an sm_90a build, the default (auto) must use the wgmma kernel."""
+    major, minor = torch.cuda.get_device_capability()
+    info = meds.build_info()
+    if (major, minor) != (9, 0) or not info.get("cuda_sm90a"):
+        pytest.skip(f"needs a cc 9.0 device and an sm_90a build (cc {major}.{minor}, "
+                    f"archs {info.get('cuda_archs')})")
+    assert wgmma_status() == "ok", f"sm_90a build on a cc 9.0 device but: {wgmma_status()}"
+    q, m, g = make(300, 1000, 128, 3, seed=41, dtype=torch.bfloat16)
+    for env, want in ((None, "wgmma"), ("auto", "wgmma"), ("wgmma", "wgmma"), ("mma", "mma")):
+        if env is None:
+            monkeypatch.delenv("MEDS_CUDA_TC", raising=False)
+        else:
+            monkeypatch.setenv("MEDS_CUDA_TC", env)
+        for precision in ("tf32", "bf16", "fp16"):
+            qq, mm = (q.float(), m.float()) if precision == "tf32" else (q, m)
+            if precision == "fp16":
+                qq, mm = q.half(), m.half()
+            meds.group_min_distance(qq, mm, g, 3, precision=precision)
+            assert _C.cuda_last_kernel() == want, (env, precision)
+
+
+def test_wgmma_request_falls_back_where_unavailable(monkeypatch):
+    if wgmma_status() == "ok":
+        pytest.skip("the wgmma kernel is available here")
+    if torch.cuda.get_device_capability()[0] < 8:
+        pytest.skip("no tensor-core kernel below sm_80")
+    monkeypatch.setenv("MEDS_CUDA_TC", "wgmma")
+    q, m, g = make(50, 300, 32, 2, seed=42)
+    out = meds.group_min_distance(q, m, g, 2, precision="bf16")
+    assert _C.cuda_last_kernel() == "mma"
+    assert_close_distances(out, ref_group_min(q, m, g, 2, "cosine"), q, m, "cosine", "bf16")
+
+
+def test_bad_tc_env_raises(monkeypatch):
+    monkeypatch.setenv("MEDS_CUDA_TC", "wgmm")
+    q, m, g = make(5, 20, 4, 2)
+    with pytest.raises(ValueError, match="MEDS_CUDA_TC"):
+        meds.group_min_distance(q, m, g, 2, precision="bf16")
 
 
 def test_numpy_inputs_stay_on_cpu_and_cuda_inputs_stay_on_cuda():
