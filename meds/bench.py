@@ -298,6 +298,7 @@ def section_cuda(args, sizes, results):
     import torch
 
     import meds
+    from meds import _C
 
     if not torch.cuda.is_available():
         print("\n(d) CUDA: no device visible, skipped")
@@ -306,28 +307,48 @@ def section_cuda(args, sizes, results):
         print("\n(d) CUDA: this build of meds has no CUDA kernels, skipped")
         return
     nq, G, d = sizes["cuda_nq"], sizes["groups"], sizes["cuda_dim"]
+    # Tensor-core rows once per kernel: mma.sync, and the Hopper wgmma kernel where it can run
+    # (MEDS_CUDA_TC selects it; the row records the kernel that actually ran).
+    wgmma_status = _C.cuda_wgmma_status(torch.cuda.current_device())
+    results["cuda_wgmma_status"] = wgmma_status
+    tc_paths = ["mma", "wgmma"] if wgmma_status == "ok" else ["mma"]
+    q32, m32, groups = make_data(nq, G, d, device="cuda")
+    data = {"fp32": (q32, m32), "tf32": (q32, m32),
+            "bf16": (q32.to(torch.bfloat16), m32.to(torch.bfloat16))}
+    configs = [("fp32", None)] + [(prec, tc) for prec in ("tf32", "bf16") for tc in tc_paths]
     rows = []
-    for prec in ("fp32", "tf32", "bf16"):
-        dtype = torch.bfloat16 if prec == "bf16" else torch.float32
-        q, m, groups = make_data(nq, G, d, device="cuda", dtype=dtype)
+    env_before = os.environ.get("MEDS_CUDA_TC")
+    for prec, tc in configs:
+        q, m = data[prec]
         flops = 2.0 * nq * m.shape[0] * d
         old = torch.backends.cuda.matmul.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = prec == "tf32"
+        if tc is not None:
+            os.environ["MEDS_CUDA_TC"] = tc
         try:
             t = bench({"group_min_distance": lambda: meds.group_min_distance(q, m, groups, G, precision=prec),
                        "torch.mm": lambda: torch.mm(q, m.T)}, max(args.repeats, 5), device="cuda")
+            kernel = _C.cuda_last_kernel()
         finally:
             torch.backends.cuda.matmul.allow_tf32 = old
-        rows.append({"precision": prec, "Nq": nq, "Nm": m.shape[0], "D": d, "G": G,
+            if env_before is None:
+                os.environ.pop("MEDS_CUDA_TC", None)
+            else:
+                os.environ["MEDS_CUDA_TC"] = env_before
+        rows.append({"precision": prec, "MEDS_CUDA_TC": tc, "kernel": kernel,
+                     "Nq": nq, "Nm": m.shape[0], "D": d, "G": G,
                      "group_min_distance s": t["group_min_distance"], "torch.mm s": t["torch.mm"],
                      "group_min_distance TFLOP/s": flops / t["group_min_distance"] / 1e12,
                      "torch.mm TFLOP/s": flops / t["torch.mm"] / 1e12,
                      "time ratio meds/mm": t["group_min_distance"] / t["torch.mm"]})
     results["gemm_cuda"] = rows
     print(f"\n(d) CUDA ({torch.cuda.get_device_name()}): group_min_distance vs torch.mm at the same precision")
+    if wgmma_status != "ok":
+        print(f"  (no wgmma rows: {wgmma_status})")
     for r in rows:
-        print(f"  {r['precision']:<5} Nq={r['Nq']} Nm={r['Nm']} D={r['D']}: meds {r['group_min_distance TFLOP/s']:7.1f} "
-              f"TFLOP/s, mm {r['torch.mm TFLOP/s']:7.1f} TFLOP/s, time ratio meds/mm {r['time ratio meds/mm']:.3f}")
+        print(f"  {r['precision']:<5} {r['kernel']:<6} Nq={r['Nq']} Nm={r['Nm']} D={r['D']}: meds "
+              f"{r['group_min_distance TFLOP/s']:7.1f} TFLOP/s, mm {r['torch.mm TFLOP/s']:7.1f} TFLOP/s, "
+              f"time ratio meds/mm {r['time ratio meds/mm']:.3f}")
     section_ensemble(args, {**sizes, "ens_nq": sizes["cuda_ens_nq"]}, results, device="cuda")
 
 
