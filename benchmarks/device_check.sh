@@ -46,12 +46,21 @@ fi
 $PY -c "import meds; print(meds.build_info())" | tee -a "$SUMMARY"
 $PY -c "from meds import _C; print('wgmma kernel status on cuda:0:', _C.cuda_wgmma_status(0))" 2>&1 | tee -a "$SUMMARY"
 
-step "CUDA tests"
-timeout 150 $PY -m pytest -p no:cacheprovider -q -m cuda tests/test_ops_cuda.py --tb=short -rf \
-  >"$OUT/cuda_tests.log" 2>&1
+# Two processes: everything but the wgmma kernel first, then the wgmma variants, so that a
+# fault in the new kernel (which poisons the CUDA context of its process) cannot hide the
+# results of the rest.
+step "CUDA tests (all but wgmma)"
+timeout 120 $PY -m pytest -p no:cacheprovider -q -m cuda tests/test_ops_cuda.py --tb=short -rf \
+  -k "not wgmma" >"$OUT/cuda_tests.log" 2>&1
 rc=$?
 grep -E "^(FAILED|ERROR)" "$OUT/cuda_tests.log" | head -n 40
-record "cuda tests (rc=$rc): $(tail -n 1 "$OUT/cuda_tests.log")"
+record "cuda tests, not wgmma (rc=$rc): $(tail -n 1 "$OUT/cuda_tests.log")"
+step "CUDA tests (wgmma)"
+timeout 120 $PY -m pytest -p no:cacheprovider -q -m cuda tests/test_ops_cuda.py --tb=short -rf \
+  -k "wgmma" >"$OUT/cuda_tests_wgmma.log" 2>&1
+rc=$?
+grep -E "^(FAILED|ERROR)" "$OUT/cuda_tests_wgmma.log" | head -n 40
+record "cuda tests, wgmma (rc=$rc): $(tail -n 1 "$OUT/cuda_tests_wgmma.log")"
 
 step "CUDA benchmark"
 timeout 150 $PY -m meds bench --device cuda --json "$OUT/bench_cuda.json" 2>&1 | tee "$OUT/bench.log"

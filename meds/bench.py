@@ -315,9 +315,14 @@ def section_cuda(args, sizes, results):
     q32, m32, groups = make_data(nq, G, d, device="cuda")
     data = {"fp32": (q32, m32), "tf32": (q32, m32),
             "bf16": (q32.to(torch.bfloat16), m32.to(torch.bfloat16))}
-    configs = [("fp32", None)] + [(prec, tc) for prec in ("tf32", "bf16") for tc in tc_paths]
+    # mma rows first and every row printed as soon as it is measured: should the wgmma kernel
+    # fault (which ends this process), the rows before it are still on record.
+    configs = [("fp32", None)] + [(prec, tc) for tc in tc_paths for prec in ("tf32", "bf16")]
     rows = []
     env_before = os.environ.get("MEDS_CUDA_TC")
+    print(f"\n(d) CUDA ({torch.cuda.get_device_name()}): group_min_distance vs torch.mm at the same precision")
+    if wgmma_status != "ok":
+        print(f"  (no wgmma rows: {wgmma_status})")
     for prec, tc in configs:
         q, m = data[prec]
         flops = 2.0 * nq * m.shape[0] * d
@@ -341,14 +346,11 @@ def section_cuda(args, sizes, results):
                      "group_min_distance TFLOP/s": flops / t["group_min_distance"] / 1e12,
                      "torch.mm TFLOP/s": flops / t["torch.mm"] / 1e12,
                      "time ratio meds/mm": t["group_min_distance"] / t["torch.mm"]})
-    results["gemm_cuda"] = rows
-    print(f"\n(d) CUDA ({torch.cuda.get_device_name()}): group_min_distance vs torch.mm at the same precision")
-    if wgmma_status != "ok":
-        print(f"  (no wgmma rows: {wgmma_status})")
-    for r in rows:
+        r = rows[-1]
         print(f"  {r['precision']:<5} {r['kernel']:<6} Nq={r['Nq']} Nm={r['Nm']} D={r['D']}: meds "
               f"{r['group_min_distance TFLOP/s']:7.1f} TFLOP/s, mm {r['torch.mm TFLOP/s']:7.1f} TFLOP/s, "
-              f"time ratio meds/mm {r['time ratio meds/mm']:.3f}")
+              f"time ratio meds/mm {r['time ratio meds/mm']:.3f}", flush=True)
+    results["gemm_cuda"] = rows
     section_ensemble(args, {**sizes, "ens_nq": sizes["cuda_ens_nq"]}, results, device="cuda")
 
 
