@@ -32,7 +32,7 @@ from meds.experiment import (
     per_category_table,
     run_experiment,
 )
-from meds.io import save_json
+from meds.io import load_json, save_json
 from meds.network import NetworkConfig
 from meds.train import TrainConfig
 
@@ -70,7 +70,16 @@ def main(argv=None) -> int:
                         help="synthetic set: spread between instances of a defect type (0 = one recurring fault)")
     parser.add_argument("--work", default="bench_out/noise", help="where the synthetic data and results go")
     parser.add_argument("--json", help="results JSON (default: WORK/results.json)")
+    parser.add_argument("--report", metavar="JSON", help="only print the tables of a saved results JSON "
+                        "(also of an interrupted run)")
     args = parser.parse_args(argv)
+    if args.report:
+        saved = load_json(args.report)
+        done = "complete" if saved.get("complete") else "INCOMPLETE (interrupted or still running)"
+        print(f"{saved['command']}\nprotocol: {saved['protocol']}; {len(saved['rows'])} rows, {done}; "
+              f"{saved['seconds'] / 60:.1f} min\n")
+        print(report(saved["rows"]))
+        return 0
 
     plan = QUICK if args.quick else FULL
     work = Path(args.work)
