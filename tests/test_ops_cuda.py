@@ -3,11 +3,9 @@ force written here (and against the CPU path). Every test needs a visible CUDA d
 skipped without one.
 
 The tensor-core tests run once per tensor-core kernel (fixture `tc_path`): "mma" (mma.sync,
-sm_80+), "wgmma" (Hopper sm_90a, variant v1; skipped where the device or the binary lacks it)
-and "wgmma_v2" (its variant v2, MEDS_CUDA_WGMMA=v2), chosen through the environment variables
-MEDS_CUDA_TC and MEDS_CUDA_WGMMA, and each checks that the intended kernel ran
-(meds._C.cuda_last_kernel()). `-k wgmma_v2` selects the v2 runs alone (the device check runs
-them in a process of their own)."""
+sm_80+) and "wgmma" (Hopper sm_90a; skipped where the device or the binary lacks it), chosen
+through the environment variable MEDS_CUDA_TC, and each checks that the intended kernel ran
+(meds._C.cuda_last_kernel())."""
 
 import math
 
@@ -28,7 +26,7 @@ METRICS = ["cosine", "sqeuclidean", "l2"]
 # scale |q|^2 + |m|^2, per multiplication precision.
 TOL = {"fp32": 1e-5, "tf32": 4e-3, "fp16": 4e-3, "bf16": 2.5e-2}
 DEV = "cuda"
-TC_PATHS = ["mma", "wgmma", "wgmma_v2"]
+TC_PATHS = ["mma", "wgmma"]
 
 
 def wgmma_status():
@@ -37,18 +35,12 @@ def wgmma_status():
 
 @pytest.fixture(params=TC_PATHS)
 def tc_path(request, monkeypatch):
-    """Runs the test under MEDS_CUDA_TC=mma, =wgmma and =wgmma with MEDS_CUDA_WGMMA=v2 (the
-    wgmma ones only where the kernel can run)."""
-    if request.param.startswith("wgmma"):
+    """Runs the test under MEDS_CUDA_TC=mma and =wgmma (the latter only where it can run)."""
+    if request.param == "wgmma":
         status = wgmma_status()
         if status != "ok":
             pytest.skip(f"the sm_90a wgmma kernel cannot run here: {status}")
-    if request.param == "wgmma_v2":
-        monkeypatch.setenv("MEDS_CUDA_TC", "wgmma")
-        monkeypatch.setenv("MEDS_CUDA_WGMMA", "v2")
-    else:
-        monkeypatch.setenv("MEDS_CUDA_TC", request.param)
-        monkeypatch.delenv("MEDS_CUDA_WGMMA", raising=False)
+    monkeypatch.setenv("MEDS_CUDA_TC", request.param)
     return request.param
 
 
@@ -432,7 +424,6 @@ def test_wgmma_kernel_runs_on_hopper(monkeypatch):
                     f"archs {info.get('cuda_archs')})")
     assert wgmma_status() == "ok", f"sm_90a build on a cc 9.0 device but: {wgmma_status()}"
     q, m, g = make(300, 1000, 128, 3, seed=41, dtype=torch.bfloat16)
-    monkeypatch.delenv("MEDS_CUDA_WGMMA", raising=False)
     for env, want in ((None, "wgmma"), ("auto", "wgmma"), ("wgmma", "wgmma"), ("mma", "mma")):
         if env is None:
             monkeypatch.delenv("MEDS_CUDA_TC", raising=False)
@@ -456,78 +447,6 @@ def test_wgmma_request_falls_back_where_unavailable(monkeypatch):
     out = meds.group_min_distance(q, m, g, 2, precision="bf16")
     assert _C.cuda_last_kernel() == "mma"
     assert_close_distances(out, ref_group_min(q, m, g, 2, "cosine"), q, m, "cosine", "bf16")
-
-
-@pytest.mark.parametrize("lag", ["0", "1", "3"])
-@pytest.mark.parametrize("precision", ["tf32", "bf16"])
-@pytest.mark.parametrize("layout", ["contiguous", "random"])
-def test_wgmma_v2_lags(layout, precision, lag, monkeypatch):
-    """v2 under every lag (MEDS_CUDA_WGMMA_LAG; the default, 2, runs in every tc_path test): the
-    lag only reorders the consumer warpgroups, results must not change. K = 200 gives 7 (tf32)
-    / 4 (bf16) stages per tile, so the lag barrier is in use (it needs >= 4 stages)."""
-    status = wgmma_status()
-    if status != "ok":
-        pytest.skip(f"the sm_90a wgmma kernel cannot run here: {status}")
-    monkeypatch.setenv("MEDS_CUDA_TC", "wgmma")
-    monkeypatch.setenv("MEDS_CUDA_WGMMA", "v2")
-    monkeypatch.setenv("MEDS_CUDA_WGMMA_LAG", lag)
-    q, m, g, qg, n_groups, refs = _many_tiles_case(layout)
-    q, m, g, qg = q.to(DEV), m.to(DEV), g.to(DEV), qg.to(DEV)
-    for (metric, excl), ref in refs.items():
-        out = meds.group_min_distance(q, m, g, n_groups, metric=metric, precision=precision,
-                                      query_groups=qg if excl else None, exclude_self=excl)
-        assert _C.cuda_last_kernel() == "wgmma_v2"
-        assert_close_distances(out, ref, q, m, metric, precision)
-
-
-@pytest.mark.parametrize("d", [8, 64, 100, 192])
-def test_wgmma_v2_few_stages_many_tiles(d, monkeypatch):
-    """bf16 with 1, 1, 2 and 3 stages of 128 bytes per tile (fewer than the ring's 4: the lag
-    barrier is off) and ~4 tiles per persistent CTA, under the largest lag."""
-    status = wgmma_status()
-    if status != "ok":
-        pytest.skip(f"the sm_90a wgmma kernel cannot run here: {status}")
-    monkeypatch.setenv("MEDS_CUDA_TC", "wgmma")
-    monkeypatch.setenv("MEDS_CUDA_WGMMA", "v2")
-    monkeypatch.setenv("MEDS_CUDA_WGMMA_LAG", "3")
-    gen = torch.Generator().manual_seed(50 + d)
-    nq, nm, n_groups = 1000, 16000, 20
-    m = torch.randn(nm, d, generator=gen)
-    q = torch.cat([m[::40][:400] + 0.05 * torch.randn(400, d, generator=gen), torch.randn(nq - 400, d, generator=gen)])
-    g = contiguous_groups(nm, n_groups, gen)
-    q, m, g = q.to(DEV), m.to(DEV), g.to(DEV)
-    for metric in ("cosine", "sqeuclidean"):
-        out = meds.group_min_distance(q, m, g, n_groups, metric=metric, precision="bf16")
-        assert _C.cuda_last_kernel() == "wgmma_v2"
-        assert_close_distances(out, ref_group_min(q, m, g, n_groups, metric), q, m, metric, "bf16")
-
-
-def test_wgmma_v2_selection_and_bad_env(monkeypatch):
-    """MEDS_CUDA_WGMMA: unset / v1 -> the v1 kernel, v2 -> v2, anything else (and a bad
-    MEDS_CUDA_WGMMA_LAG) raises ValueError before any work; v2 falls back to mma.sync where
-    the wgmma kernel cannot run."""
-    q, m, g = make(300, 1000, 128, 3, seed=43, dtype=torch.bfloat16)
-    monkeypatch.delenv("MEDS_CUDA_TC", raising=False)
-    monkeypatch.delenv("MEDS_CUDA_WGMMA_LAG", raising=False)
-    ok = wgmma_status() == "ok"
-    fallback = "mma" if torch.cuda.get_device_capability()[0] >= 8 else "simt"
-    for env, want in ((None, "wgmma"), ("v1", "wgmma"), ("v2", "wgmma_v2")):
-        if env is None:
-            monkeypatch.delenv("MEDS_CUDA_WGMMA", raising=False)
-        else:
-            monkeypatch.setenv("MEDS_CUDA_WGMMA", env)
-        assert meds.build_info()["cuda_wgmma"] == (env or "v1")
-        out = meds.group_min_distance(q, m, g, 3, precision="bf16")
-        assert _C.cuda_last_kernel() == (want if ok else fallback), env
-        assert_close_distances(out, ref_group_min(q, m, g, 3, "cosine"), q, m, "cosine", "tf32")
-    monkeypatch.setenv("MEDS_CUDA_WGMMA", "v3")
-    with pytest.raises(ValueError, match="MEDS_CUDA_WGMMA"):
-        meds.group_min_distance(q, m, g, 3, precision="bf16")
-    monkeypatch.setenv("MEDS_CUDA_WGMMA", "v2")
-    for bad in ("4", "-1", "x", "12"):
-        monkeypatch.setenv("MEDS_CUDA_WGMMA_LAG", bad)
-        with pytest.raises(ValueError, match="MEDS_CUDA_WGMMA_LAG"):
-            meds.group_min_distance(q, m, g, 3, precision="bf16")
 
 
 def test_bad_tc_env_raises(monkeypatch):

@@ -27,8 +27,6 @@
 //      The environment variable MEDS_CUDA_TC=auto|mma|wgmma (read at every call; unset =
 //      auto) chooses between the two tensor-core kernels: auto and wgmma use the wgmma kernel
 //      where it is available and fall back to mma.sync elsewhere; mma always uses mma.sync.
-//      MEDS_CUDA_WGMMA=v1|v2 (unset = v1) picks the variant of the wgmma kernel: v1 is the
-//      verified default, v2 (group_min_cuda_sm90_v2.cuh) overlaps the epilogues with MMAs.
 //      cuda_last_group_min_kernel() reports which kernel the latest call launched.
 //      Epilogue: when every column of the tile belongs to one group (the normal case: a
 //      group is one image's ~784 contiguous patches) each thread reduces its registers,
@@ -695,7 +693,6 @@ __global__ void __launch_bounds__(tc::THREADS, 1) group_min_tc_kernel(const KArg
 // ------------------------------------------------------------------------------------------
 // Hopper wgmma kernel (its body is compiled only for sm_90a).
 #include "ops/group_min_cuda_sm90.cuh"
-#include "ops/group_min_cuda_sm90_v2.cuh"
 
 // ------------------------------------------------------------------------------------------
 // Host side.
@@ -831,39 +828,7 @@ TcMode tc_mode_from_env() {
       v + "'");
 }
 
-// MEDS_CUDA_WGMMA: unset, "" or "v1" -> the verified wgmma kernel; "v2" -> the variant of
-// group_min_cuda_sm90_v2.cuh (decoupled consumer warpgroups, lagged so that the epilogues
-// overlap MMAs). MEDS_CUDA_WGMMA_LAG=0..3 sets v2's lag in stages (unset: wg2::DEFAULT_LAG).
-// Read at every call; anything else is an error.
-enum class WgVariant { V1, V2 };
-
-WgVariant wg_variant_from_env() {
-  const char* v = std::getenv("MEDS_CUDA_WGMMA");
-  if (v == nullptr || *v == '\0' || std::strcmp(v, "v1") == 0) return WgVariant::V1;
-  if (std::strcmp(v, "v2") == 0) return WgVariant::V2;
-  throw std::invalid_argument(
-      std::string("group_min_distance: environment variable MEDS_CUDA_WGMMA must be 'v1' or "
-                  "'v2', got '") +
-      v + "'");
-}
-
-int wg_lag_from_env() {
-  const char* v = std::getenv("MEDS_CUDA_WGMMA_LAG");
-  if (v == nullptr || *v == '\0') return wg2::DEFAULT_LAG;
-  if (v[0] >= '0' && v[0] <= '0' + wg2::MAX_LAG && v[1] == '\0') return v[0] - '0';
-  throw std::invalid_argument(
-      std::string("group_min_distance: environment variable MEDS_CUDA_WGMMA_LAG must be an "
-                  "integer from 0 to ") +
-      std::to_string(wg2::MAX_LAG) + ", got '" + v + "'");
-}
-
-enum LastKernel : int {
-  kLastNone = 0,
-  kLastSimt = 1,
-  kLastMma = 2,
-  kLastWgmma = 3,
-  kLastWgmmaV2 = 4
-};
+enum LastKernel : int { kLastNone = 0, kLastSimt = 1, kLastMma = 2, kLastWgmma = 3 };
 std::atomic<int> g_last_kernel{kLastNone};
 
 // cuTensorMapEncodeTiled from the driver, fetched through the runtime (no link to libcuda).
@@ -896,10 +861,10 @@ EncodeTiledFn encode_tiled_fn() {
 // mbarriers); the stub of every other compilation (sm_75..sm_89, compute_90 PTX JIT-compiled,
 // or a build without 90a) declares none. This looks at the very function that would be
 // launched, so it holds whichever cubin the driver picked from the fatbinary.
-template <typename Kernel>
-bool wgmma_kernel_is_real(Kernel kernel, std::string* why) {
+template <int CT>
+bool wgmma_kernel_is_real(std::string* why) {
   cudaFuncAttributes fa{};
-  const cudaError_t e = cudaFuncGetAttributes(&fa, kernel);
+  const cudaError_t e = cudaFuncGetAttributes(&fa, group_min_wgmma_kernel<CT>);
   if (e != cudaSuccess) {
     (void)cudaGetLastError();
     if (why) *why = std::string("cudaFuncGetAttributes failed: ") + cudaGetErrorName(e);
@@ -920,7 +885,7 @@ bool wgmma_kernel_is_real(Kernel kernel, std::string* why) {
 // nullptr-equivalent (empty string) when the wgmma kernel can run on `device` for compute type
 // ct, else the reason. Cheap (attribute queries only; no launch, no synchronisation), so it is
 // evaluated at every call and is safe during stream capture.
-std::string wgmma_unavailable(int device, int ct, WgVariant variant) {
+std::string wgmma_unavailable(int device, int ct) {
   int major = 0, minor = 0, optin = 0;
   if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
       cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess ||
@@ -933,25 +898,14 @@ std::string wgmma_unavailable(int device, int ct, WgVariant variant) {
     return "device is compute capability " + std::to_string(major) + "." + std::to_string(minor) +
            ", the wgmma kernel is sm_90a only";
   }
-  const int need = (variant == WgVariant::V2 ? wg2::SMEM_V2 : wg::SMEM) + wg::STATIC_SMEM;
-  if (optin < need) return "not enough opt-in shared memory per block";
+  if (optin < wg::SMEM + wg::STATIC_SMEM) return "not enough opt-in shared memory per block";
   if (encode_tiled_fn() == nullptr) return "cuTensorMapEncodeTiled is not available from the driver";
   std::string why;
   bool real = false;
-  const bool v2 = variant == WgVariant::V2;
   switch (ct) {
-    case kTF32:
-      real = v2 ? wgmma_kernel_is_real(group_min_wgmma_v2_kernel<kTF32>, &why)
-                : wgmma_kernel_is_real(group_min_wgmma_kernel<kTF32>, &why);
-      break;
-    case kBF16:
-      real = v2 ? wgmma_kernel_is_real(group_min_wgmma_v2_kernel<kBF16>, &why)
-                : wgmma_kernel_is_real(group_min_wgmma_kernel<kBF16>, &why);
-      break;
-    case kF16:
-      real = v2 ? wgmma_kernel_is_real(group_min_wgmma_v2_kernel<kF16>, &why)
-                : wgmma_kernel_is_real(group_min_wgmma_kernel<kF16>, &why);
-      break;
+    case kTF32: real = wgmma_kernel_is_real<kTF32>(&why); break;
+    case kBF16: real = wgmma_kernel_is_real<kBF16>(&why); break;
+    case kF16: real = wgmma_kernel_is_real<kF16>(&why); break;
     default: return "not a tensor-core compute type";
   }
   return real ? std::string() : why;
@@ -988,16 +942,6 @@ void launch_wgmma(const CUtensorMap& ta, const CUtensorMap& tb, const KArgs& k, 
   check_launch("group_min_wgmma_kernel");
 }
 
-template <int CT>
-void launch_wgmma_v2(const CUtensorMap& ta, const CUtensorMap& tb, const KArgs& k, int kt_count,
-                     int lag, int grid, cudaStream_t st) {
-  MEDS_CUDA_CHECK(cudaFuncSetAttribute(group_min_wgmma_v2_kernel<CT>,
-                                       cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       wg2::SMEM_V2));
-  group_min_wgmma_v2_kernel<CT><<<grid, wg::THREADS, wg2::SMEM_V2, st>>>(ta, tb, k, kt_count, lag);
-  check_launch("group_min_wgmma_v2_kernel");
-}
-
 }  // namespace
 
 const char* cuda_last_group_min_kernel() noexcept {
@@ -1005,7 +949,6 @@ const char* cuda_last_group_min_kernel() noexcept {
     case kLastSimt: return "simt";
     case kLastMma: return "mma";
     case kLastWgmma: return "wgmma";
-    case kLastWgmmaV2: return "wgmma_v2";
     default: return "none";
   }
 }
@@ -1017,11 +960,9 @@ std::string cuda_wgmma_status(int device) {
     return "no such CUDA device";
   }
   DeviceGuard guard(device);
-  for (WgVariant v : {WgVariant::V1, WgVariant::V2}) {
-    for (int ct : {kTF32, kBF16, kF16}) {
-      const std::string why = wgmma_unavailable(device, ct, v);
-      if (!why.empty()) return why;
-    }
+  for (int ct : {kTF32, kBF16, kF16}) {
+    const std::string why = wgmma_unavailable(device, ct);
+    if (!why.empty()) return why;
   }
   return "ok";
 }
@@ -1038,8 +979,6 @@ int cuda_device_count() noexcept {
 
 void group_min_distance_cuda(const GroupMinArgs& a) {
   const TcMode tc_mode = tc_mode_from_env();  // throws on a bad MEDS_CUDA_TC, before any work
-  const WgVariant wg_variant = wg_variant_from_env();  // likewise MEDS_CUDA_WGMMA
-  const int wg_lag = wg_lag_from_env();                // and MEDS_CUDA_WGMMA_LAG
   g_last_kernel.store(kLastNone);
   if (a.nq == 0 || a.n_groups == 0) return;
   DeviceGuard guard(a.device);
@@ -1071,7 +1010,7 @@ void group_min_distance_cuda(const GroupMinArgs& a) {
     // TMA's 32-bit coordinates. Anything else: the mma.sync kernel.
     const int64_t kLim = (int64_t{1} << 31) - 1024;
     bool use_wg = ct != kF32 && tc_mode != TcMode::Mma && a.nq < kLim && a.nm < kLim &&
-                  a.d < kLim / 4 && wgmma_unavailable(a.device, ct, wg_variant).empty();
+                  a.d < kLim / 4 && wgmma_unavailable(a.device, ct).empty();
     const DType native = es == 4 ? DType::Float32 : (ct == kBF16 ? DType::BFloat16 : DType::Float16);
     const int64_t pitch = (a.d + (16 / es) - 1) / (16 / es) * (16 / es);  // 16-byte rows
     auto usable = [&](const void* ptr, int64_t stride) {
@@ -1140,21 +1079,12 @@ void group_min_distance_cuda(const GroupMinArgs& a) {
       MEDS_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, a.device));
       const int grid = grid_for(tiles, 1, std::max(sms, 1));
       const int kt_count = static_cast<int>((a.d * es + wg::KB - 1) / wg::KB);
-      if (wg_variant == WgVariant::V2) {
-        switch (ct) {
-          case kTF32: launch_wgmma_v2<kTF32>(tmap_a, tmap_b, k, kt_count, wg_lag, grid, st); break;
-          case kBF16: launch_wgmma_v2<kBF16>(tmap_a, tmap_b, k, kt_count, wg_lag, grid, st); break;
-          default: launch_wgmma_v2<kF16>(tmap_a, tmap_b, k, kt_count, wg_lag, grid, st); break;
-        }
-        g_last_kernel.store(kLastWgmmaV2);
-      } else {
-        switch (ct) {
-          case kTF32: launch_wgmma<kTF32>(tmap_a, tmap_b, k, kt_count, grid, st); break;
-          case kBF16: launch_wgmma<kBF16>(tmap_a, tmap_b, k, kt_count, grid, st); break;
-          default: launch_wgmma<kF16>(tmap_a, tmap_b, k, kt_count, grid, st); break;
-        }
-        g_last_kernel.store(kLastWgmma);
+      switch (ct) {
+        case kTF32: launch_wgmma<kTF32>(tmap_a, tmap_b, k, kt_count, grid, st); break;
+        case kBF16: launch_wgmma<kBF16>(tmap_a, tmap_b, k, kt_count, grid, st); break;
+        default: launch_wgmma<kF16>(tmap_a, tmap_b, k, kt_count, grid, st); break;
       }
+      g_last_kernel.store(kLastWgmma);
     } else {
       const int grid = grid_for(tiles, 1, INT_MAX);
       switch (ct) {
