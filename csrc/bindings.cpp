@@ -115,9 +115,6 @@ py::dict build_info() {
   // Tensor-core kernel choice in effect (MEDS_CUDA_TC=auto|mma|wgmma, unset = auto).
   const char* tc = std::getenv("MEDS_CUDA_TC");
   info["cuda_tc"] = std::string(tc != nullptr && *tc != '\0' ? tc : "auto");
-  // Variant of the wgmma kernel in effect (MEDS_CUDA_WGMMA=v1|v3, unset = v1).
-  const char* wgv = std::getenv("MEDS_CUDA_WGMMA");
-  info["cuda_wgmma"] = std::string(wgv != nullptr && *wgv != '\0' ? wgv : "v1");
   info["cuda_device_count"] = meds::cuda_device_count();
 #if defined(_OPENMP)
   info["openmp"] = true;
@@ -163,9 +160,8 @@ PYBIND11_MODULE(_C, m) {
         "Number of visible CUDA devices (0 without CUDA support or without a device).");
   m.def("cuda_last_kernel", &meds::cuda_last_group_min_kernel,
         "Fused kernel launched by the latest CUDA group_min_distance call in this process: "
-        "'simt', 'mma', 'wgmma' (variant v1), 'wgmma_v3' or 'none' (debugging aid).");
+        "'simt', 'mma', 'wgmma' or 'none' (debugging aid).");
   m.def("cuda_wgmma_status", &meds::cuda_wgmma_status, py::arg("device") = 0,
         "'ok' when the Hopper (sm_90a) wgmma kernel can run on this CUDA device, otherwise the "
-        "reason it cannot (both variants, v1 and v3, are checked). MEDS_CUDA_TC=auto|mma|wgmma "
-        "selects between it and mma.sync, MEDS_CUDA_WGMMA=v1|v3 its variant.");
+        "reason it cannot. MEDS_CUDA_TC=auto|mma|wgmma selects between it and mma.sync.");
 }

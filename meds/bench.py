@@ -307,56 +307,47 @@ def section_cuda(args, sizes, results):
         print("\n(d) CUDA: this build of meds has no CUDA kernels, skipped")
         return
     nq, G, d = sizes["cuda_nq"], sizes["groups"], sizes["cuda_dim"]
-    # Tensor-core rows once per kernel: mma.sync, and the Hopper wgmma kernel (variants v1 and
-    # v3) where it can run (MEDS_CUDA_TC / MEDS_CUDA_WGMMA select it; the row records the kernel
-    # that actually ran).
+    # Tensor-core rows once per kernel: mma.sync, and the Hopper wgmma kernel where it can run
+    # (MEDS_CUDA_TC selects it; the row records the kernel that actually ran).
     wgmma_status = _C.cuda_wgmma_status(torch.cuda.current_device())
     results["cuda_wgmma_status"] = wgmma_status
-    tc_runs = [("mma", None)]
-    if wgmma_status == "ok":
-        tc_runs += [("wgmma", "v1"), ("wgmma", "v3")]
+    tc_paths = ["mma", "wgmma"] if wgmma_status == "ok" else ["mma"]
     q32, m32, groups = make_data(nq, G, d, device="cuda")
     data = {"fp32": (q32, m32), "tf32": (q32, m32),
             "bf16": (q32.to(torch.bfloat16), m32.to(torch.bfloat16))}
     # mma rows first and every row printed as soon as it is measured: should the wgmma kernel
     # fault (which ends this process), the rows before it are still on record.
-    configs = [("fp32", None, None)]
-    configs += [(prec, tc, var) for tc, var in tc_runs for prec in ("tf32", "bf16")]
+    configs = [("fp32", None)] + [(prec, tc) for tc in tc_paths for prec in ("tf32", "bf16")]
     rows = []
-    env_keys = ("MEDS_CUDA_TC", "MEDS_CUDA_WGMMA")
-    env_before = {k: os.environ.get(k) for k in env_keys}
+    env_before = os.environ.get("MEDS_CUDA_TC")
     print(f"\n(d) CUDA ({torch.cuda.get_device_name()}): group_min_distance vs torch.mm at the same precision")
     if wgmma_status != "ok":
         print(f"  (no wgmma rows: {wgmma_status})")
-    for prec, tc, var in configs:
+    for prec, tc in configs:
         q, m = data[prec]
         flops = 2.0 * nq * m.shape[0] * d
         old = torch.backends.cuda.matmul.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = prec == "tf32"
-        for k, v in zip(env_keys, (tc, var)):
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        if tc is not None:
+            os.environ["MEDS_CUDA_TC"] = tc
         try:
             t = bench({"group_min_distance": lambda: meds.group_min_distance(q, m, groups, G, precision=prec),
                        "torch.mm": lambda: torch.mm(q, m.T)}, max(args.repeats, 5), device="cuda")
             kernel = _C.cuda_last_kernel()
         finally:
             torch.backends.cuda.matmul.allow_tf32 = old
-            for k, v in env_before.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-        rows.append({"precision": prec, "MEDS_CUDA_TC": tc, "MEDS_CUDA_WGMMA": var, "kernel": kernel,
+            if env_before is None:
+                os.environ.pop("MEDS_CUDA_TC", None)
+            else:
+                os.environ["MEDS_CUDA_TC"] = env_before
+        rows.append({"precision": prec, "MEDS_CUDA_TC": tc, "kernel": kernel,
                      "Nq": nq, "Nm": m.shape[0], "D": d, "G": G,
                      "group_min_distance s": t["group_min_distance"], "torch.mm s": t["torch.mm"],
                      "group_min_distance TFLOP/s": flops / t["group_min_distance"] / 1e12,
                      "torch.mm TFLOP/s": flops / t["torch.mm"] / 1e12,
                      "time ratio meds/mm": t["group_min_distance"] / t["torch.mm"]})
         r = rows[-1]
-        print(f"  {r['precision']:<5} {r['kernel']:<8} Nq={r['Nq']} Nm={r['Nm']} D={r['D']}: meds "
+        print(f"  {r['precision']:<5} {r['kernel']:<6} Nq={r['Nq']} Nm={r['Nm']} D={r['D']}: meds "
               f"{r['group_min_distance TFLOP/s']:7.1f} TFLOP/s, mm {r['torch.mm TFLOP/s']:7.1f} TFLOP/s, "
               f"time ratio meds/mm {r['time ratio meds/mm']:.3f}", flush=True)
     results["gemm_cuda"] = rows

@@ -3,11 +3,9 @@ force written here (and against the CPU path). Every test needs a visible CUDA d
 skipped without one.
 
 The tensor-core tests run once per tensor-core kernel (fixture `tc_path`): "mma" (mma.sync,
-sm_80+), "wgmma" (Hopper sm_90a, variant v1; skipped where the device or the binary lacks it)
-and "wgmma_v3" (its cluster variant v3, MEDS_CUDA_WGMMA=v3), chosen through the environment
-variables MEDS_CUDA_TC and MEDS_CUDA_WGMMA, and each checks that the intended kernel ran
-(meds._C.cuda_last_kernel()). `-k wgmma_v3` selects the v3 runs alone (the device check runs
-them in a process of their own)."""
+sm_80+) and "wgmma" (Hopper sm_90a; skipped where the device or the binary lacks it), chosen
+through the environment variable MEDS_CUDA_TC, and each checks that the intended kernel ran
+(meds._C.cuda_last_kernel())."""
 
 import math
 
@@ -28,7 +26,7 @@ METRICS = ["cosine", "sqeuclidean", "l2"]
 # scale |q|^2 + |m|^2, per multiplication precision.
 TOL = {"fp32": 1e-5, "tf32": 4e-3, "fp16": 4e-3, "bf16": 2.5e-2}
 DEV = "cuda"
-TC_PATHS = ["mma", "wgmma", "wgmma_v3"]
+TC_PATHS = ["mma", "wgmma"]
 
 
 def wgmma_status():
@@ -37,18 +35,12 @@ def wgmma_status():
 
 @pytest.fixture(params=TC_PATHS)
 def tc_path(request, monkeypatch):
-    """Runs the test under MEDS_CUDA_TC=mma, =wgmma and =wgmma with MEDS_CUDA_WGMMA=v3 (the
-    wgmma ones only where the kernel can run)."""
-    if request.param.startswith("wgmma"):
+    """Runs the test under MEDS_CUDA_TC=mma and =wgmma (the latter only where it can run)."""
+    if request.param == "wgmma":
         status = wgmma_status()
         if status != "ok":
             pytest.skip(f"the sm_90a wgmma kernel cannot run here: {status}")
-    if request.param == "wgmma_v3":
-        monkeypatch.setenv("MEDS_CUDA_TC", "wgmma")
-        monkeypatch.setenv("MEDS_CUDA_WGMMA", "v3")
-    else:
-        monkeypatch.setenv("MEDS_CUDA_TC", request.param)
-        monkeypatch.delenv("MEDS_CUDA_WGMMA", raising=False)
+    monkeypatch.setenv("MEDS_CUDA_TC", request.param)
     return request.param
 
 
@@ -432,7 +424,6 @@ def test_wgmma_kernel_runs_on_hopper(monkeypatch):
                     f"archs {info.get('cuda_archs')})")
     assert wgmma_status() == "ok", f"sm_90a build on a cc 9.0 device but: {wgmma_status()}"
     q, m, g = make(300, 1000, 128, 3, seed=41, dtype=torch.bfloat16)
-    monkeypatch.delenv("MEDS_CUDA_WGMMA", raising=False)
     for env, want in ((None, "wgmma"), ("auto", "wgmma"), ("wgmma", "wgmma"), ("mma", "mma")):
         if env is None:
             monkeypatch.delenv("MEDS_CUDA_TC", raising=False)
@@ -456,81 +447,6 @@ def test_wgmma_request_falls_back_where_unavailable(monkeypatch):
     out = meds.group_min_distance(q, m, g, 2, precision="bf16")
     assert _C.cuda_last_kernel() == "mma"
     assert_close_distances(out, ref_group_min(q, m, g, 2, "cosine"), q, m, "cosine", "bf16")
-
-
-def _need_wgmma_v3(monkeypatch):
-    status = wgmma_status()
-    if status != "ok":
-        pytest.skip(f"the sm_90a wgmma kernel cannot run here: {status}")
-    monkeypatch.setenv("MEDS_CUDA_TC", "wgmma")
-    monkeypatch.setenv("MEDS_CUDA_WGMMA", "v3")
-
-
-@pytest.mark.parametrize("nq", [1100, 1024, 100])
-@pytest.mark.parametrize("precision", ["tf32", "bf16"])
-def test_wgmma_v3_m_tile_pairs(nq, precision, monkeypatch):
-    """v3 gives each 2-CTA cluster a pair of M tiles (128 queries each) with one N tile: 1100
-    queries = 9 M tiles (odd: the last pair's second CTA has no tile, loads zero-filled boxes
-    and writes nothing, but keeps the barrier protocol), 1024 = 8 (even, no tail), 100 = 1
-    (every pair is half empty). 16000 memory rows = 63 N tiles, so clusters run several pairs
-    and the ring's phases wrap; K = 200 -> 7 (tf32) / 4 (bf16) stages per tile."""
-    _need_wgmma_v3(monkeypatch)
-    gen = torch.Generator().manual_seed(60 + nq)
-    nm, d, n_groups = 16000, 200, 24
-    m = torch.randn(nm, d, generator=gen)
-    k = min(nq // 2, 400)
-    q = torch.cat([m[:: nm // k][:k] + 0.05 * torch.randn(k, d, generator=gen),
-                   torch.randn(nq - k, d, generator=gen)])
-    g = contiguous_groups(nm, n_groups, gen)
-    qg = torch.randint(0, n_groups, (nq,), generator=gen)
-    qd, md, gd, qgd = q.to(DEV), m.to(DEV), g.to(DEV), qg.to(DEV)
-    for metric in ("cosine", "sqeuclidean"):
-        for excl in (False, True):
-            out = meds.group_min_distance(qd, md, gd, n_groups, metric=metric, precision=precision,
-                                          query_groups=qgd if excl else None, exclude_self=excl)
-            assert _C.cuda_last_kernel() == "wgmma_v3"
-            ref = ref_group_min(q, m, g, n_groups, metric, qg if excl else None, excl)
-            assert_close_distances(out, ref, q, m, metric, precision)
-
-
-@pytest.mark.parametrize("d", [8, 64, 192])
-def test_wgmma_v3_few_stages(d, monkeypatch):
-    """bf16 with 1, 1 and 3 stages per tile (fewer than the ring's 4) over many pairs per
-    cluster, 5 M tiles (odd)."""
-    _need_wgmma_v3(monkeypatch)
-    gen = torch.Generator().manual_seed(70 + d)
-    nq, nm, n_groups = 600, 16000, 20
-    m = torch.randn(nm, d, generator=gen)
-    q = torch.cat([m[::40][:300] + 0.05 * torch.randn(300, d, generator=gen),
-                   torch.randn(nq - 300, d, generator=gen)])
-    g = contiguous_groups(nm, n_groups, gen)
-    qd, md, gd = q.to(DEV), m.to(DEV), g.to(DEV)
-    for metric in ("cosine", "sqeuclidean"):
-        out = meds.group_min_distance(qd, md, gd, n_groups, metric=metric, precision="bf16")
-        assert _C.cuda_last_kernel() == "wgmma_v3"
-        assert_close_distances(out, ref_group_min(q, m, g, n_groups, metric), q, m, metric, "bf16")
-
-
-def test_wgmma_v3_selection_and_bad_env(monkeypatch):
-    """MEDS_CUDA_WGMMA: unset / v1 -> the v1 kernel, v3 -> v3, anything else raises ValueError
-    before any work; v3 falls back to mma.sync where the wgmma kernel cannot run."""
-    q, m, g = make(300, 1000, 128, 3, seed=43, dtype=torch.bfloat16)
-    monkeypatch.delenv("MEDS_CUDA_TC", raising=False)
-    ok = wgmma_status() == "ok"
-    fallback = "mma" if torch.cuda.get_device_capability()[0] >= 8 else "simt"
-    for env, want in ((None, "wgmma"), ("v1", "wgmma"), ("v3", "wgmma_v3")):
-        if env is None:
-            monkeypatch.delenv("MEDS_CUDA_WGMMA", raising=False)
-        else:
-            monkeypatch.setenv("MEDS_CUDA_WGMMA", env)
-        assert meds.build_info()["cuda_wgmma"] == (env or "v1")
-        out = meds.group_min_distance(q, m, g, 3, precision="bf16")
-        assert _C.cuda_last_kernel() == (want if ok else fallback), env
-        assert_close_distances(out, ref_group_min(q, m, g, 3, "cosine"), q, m, "cosine", "bf16")
-    for bad in ("v2", "V3", "3"):
-        monkeypatch.setenv("MEDS_CUDA_WGMMA", bad)
-        with pytest.raises(ValueError, match="MEDS_CUDA_WGMMA"):
-            meds.group_min_distance(q, m, g, 3, precision="bf16")
 
 
 def test_bad_tc_env_raises(monkeypatch):

@@ -27,9 +27,6 @@
 //      The environment variable MEDS_CUDA_TC=auto|mma|wgmma (read at every call; unset =
 //      auto) chooses between the two tensor-core kernels: auto and wgmma use the wgmma kernel
 //      where it is available and fall back to mma.sync elsewhere; mma always uses mma.sync.
-//      MEDS_CUDA_WGMMA=v1|v3 (unset = v1) picks the variant of the wgmma kernel: v1 is the
-//      verified default, v3 (group_min_cuda_sm90_cluster.cuh) runs it in clusters of two CTAs
-//      along M that share the memory operand through TMA multicast.
 //      cuda_last_group_min_kernel() reports which kernel the latest call launched.
 //      Epilogue: when every column of the tile belongs to one group (the normal case: a
 //      group is one image's ~784 contiguous patches) each thread reduces its registers,
@@ -696,7 +693,6 @@ __global__ void __launch_bounds__(tc::THREADS, 1) group_min_tc_kernel(const KArg
 // ------------------------------------------------------------------------------------------
 // Hopper wgmma kernel (its body is compiled only for sm_90a).
 #include "ops/group_min_cuda_sm90.cuh"
-#include "ops/group_min_cuda_sm90_cluster.cuh"
 
 // ------------------------------------------------------------------------------------------
 // Host side.
@@ -832,28 +828,7 @@ TcMode tc_mode_from_env() {
       v + "'");
 }
 
-// MEDS_CUDA_WGMMA: unset, "" or "v1" -> the verified wgmma kernel; "v3" -> the cluster
-// variant of group_min_cuda_sm90_cluster.cuh (2 CTAs along M, B multicast). Read at every
-// call; anything else is an error.
-enum class WgVariant { V1, V3 };
-
-WgVariant wg_variant_from_env() {
-  const char* v = std::getenv("MEDS_CUDA_WGMMA");
-  if (v == nullptr || *v == '\0' || std::strcmp(v, "v1") == 0) return WgVariant::V1;
-  if (std::strcmp(v, "v3") == 0) return WgVariant::V3;
-  throw std::invalid_argument(
-      std::string("group_min_distance: environment variable MEDS_CUDA_WGMMA must be 'v1' or "
-                  "'v3', got '") +
-      v + "'");
-}
-
-enum LastKernel : int {
-  kLastNone = 0,
-  kLastSimt = 1,
-  kLastMma = 2,
-  kLastWgmma = 3,
-  kLastWgmmaV3 = 4
-};
+enum LastKernel : int { kLastNone = 0, kLastSimt = 1, kLastMma = 2, kLastWgmma = 3 };
 std::atomic<int> g_last_kernel{kLastNone};
 
 // cuTensorMapEncodeTiled from the driver, fetched through the runtime (no link to libcuda).
@@ -886,10 +861,10 @@ EncodeTiledFn encode_tiled_fn() {
 // mbarriers); the stub of every other compilation (sm_75..sm_89, compute_90 PTX JIT-compiled,
 // or a build without 90a) declares none. This looks at the very function that would be
 // launched, so it holds whichever cubin the driver picked from the fatbinary.
-template <typename Kernel>
-bool wgmma_kernel_is_real(Kernel kernel, std::string* why) {
+template <int CT>
+bool wgmma_kernel_is_real(std::string* why) {
   cudaFuncAttributes fa{};
-  const cudaError_t e = cudaFuncGetAttributes(&fa, kernel);
+  const cudaError_t e = cudaFuncGetAttributes(&fa, group_min_wgmma_kernel<CT>);
   if (e != cudaSuccess) {
     (void)cudaGetLastError();
     if (why) *why = std::string("cudaFuncGetAttributes failed: ") + cudaGetErrorName(e);
@@ -910,7 +885,7 @@ bool wgmma_kernel_is_real(Kernel kernel, std::string* why) {
 // nullptr-equivalent (empty string) when the wgmma kernel can run on `device` for compute type
 // ct, else the reason. Cheap (attribute queries only; no launch, no synchronisation), so it is
 // evaluated at every call and is safe during stream capture.
-std::string wgmma_unavailable(int device, int ct, WgVariant variant) {
+std::string wgmma_unavailable(int device, int ct) {
   int major = 0, minor = 0, optin = 0;
   if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
       cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess ||
@@ -927,28 +902,10 @@ std::string wgmma_unavailable(int device, int ct, WgVariant variant) {
   if (encode_tiled_fn() == nullptr) return "cuTensorMapEncodeTiled is not available from the driver";
   std::string why;
   bool real = false;
-  const bool v3 = variant == WgVariant::V3;
-  if (v3) {
-    int cluster_launch = 0;
-    if (cudaDeviceGetAttribute(&cluster_launch, cudaDevAttrClusterLaunch, device) != cudaSuccess ||
-        cluster_launch == 0) {
-      (void)cudaGetLastError();
-      return "the device does not support thread-block cluster launch (wgmma v3)";
-    }
-  }
   switch (ct) {
-    case kTF32:
-      real = v3 ? wgmma_kernel_is_real(group_min_wgmma_cluster_kernel<kTF32>, &why)
-                : wgmma_kernel_is_real(group_min_wgmma_kernel<kTF32>, &why);
-      break;
-    case kBF16:
-      real = v3 ? wgmma_kernel_is_real(group_min_wgmma_cluster_kernel<kBF16>, &why)
-                : wgmma_kernel_is_real(group_min_wgmma_kernel<kBF16>, &why);
-      break;
-    case kF16:
-      real = v3 ? wgmma_kernel_is_real(group_min_wgmma_cluster_kernel<kF16>, &why)
-                : wgmma_kernel_is_real(group_min_wgmma_kernel<kF16>, &why);
-      break;
+    case kTF32: real = wgmma_kernel_is_real<kTF32>(&why); break;
+    case kBF16: real = wgmma_kernel_is_real<kBF16>(&why); break;
+    case kF16: real = wgmma_kernel_is_real<kF16>(&why); break;
     default: return "not a tensor-core compute type";
   }
   return real ? std::string() : why;
@@ -985,37 +942,6 @@ void launch_wgmma(const CUtensorMap& ta, const CUtensorMap& tb, const KArgs& k, 
   check_launch("group_min_wgmma_kernel");
 }
 
-// v3: clusters of wg3::CLUSTER CTAs along x, as many clusters as fit at once (one CTA per SM;
-// a GPC with an odd number of free SMs leaves one idle), at most one per pair of M tiles.
-template <int CT>
-void launch_wgmma_cluster(const CUtensorMap& ta, const CUtensorMap& tb, const KArgs& k,
-                          int kt_count, int64_t pairs, int sms, cudaStream_t st) {
-  auto kernel = group_min_wgmma_cluster_kernel<CT>;
-  MEDS_CUDA_CHECK(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, wg::SMEM));
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = wg3::CLUSTER;
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  cudaLaunchConfig_t cfg{};
-  cfg.blockDim = dim3(wg::THREADS, 1, 1);
-  cfg.dynamicSmemBytes = wg::SMEM;
-  cfg.stream = st;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  cfg.gridDim = dim3(static_cast<unsigned>(std::max(sms, wg3::CLUSTER)), 1, 1);
-  int active = 0;
-  if (cudaOccupancyMaxActiveClusters(&active, kernel, &cfg) != cudaSuccess || active < 1) {
-    (void)cudaGetLastError();
-    active = std::max(sms / wg3::CLUSTER, 1);
-  }
-  const int64_t clusters = std::min<int64_t>(pairs, active);
-  cfg.gridDim = dim3(static_cast<unsigned>(clusters * wg3::CLUSTER), 1, 1);
-  MEDS_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, ta, tb, k, kt_count));
-  check_launch("group_min_wgmma_cluster_kernel");
-}
-
 }  // namespace
 
 const char* cuda_last_group_min_kernel() noexcept {
@@ -1023,7 +949,6 @@ const char* cuda_last_group_min_kernel() noexcept {
     case kLastSimt: return "simt";
     case kLastMma: return "mma";
     case kLastWgmma: return "wgmma";
-    case kLastWgmmaV3: return "wgmma_v3";
     default: return "none";
   }
 }
@@ -1035,11 +960,9 @@ std::string cuda_wgmma_status(int device) {
     return "no such CUDA device";
   }
   DeviceGuard guard(device);
-  for (WgVariant v : {WgVariant::V1, WgVariant::V3}) {
-    for (int ct : {kTF32, kBF16, kF16}) {
-      const std::string why = wgmma_unavailable(device, ct, v);
-      if (!why.empty()) return why;
-    }
+  for (int ct : {kTF32, kBF16, kF16}) {
+    const std::string why = wgmma_unavailable(device, ct);
+    if (!why.empty()) return why;
   }
   return "ok";
 }
@@ -1056,7 +979,6 @@ int cuda_device_count() noexcept {
 
 void group_min_distance_cuda(const GroupMinArgs& a) {
   const TcMode tc_mode = tc_mode_from_env();  // throws on a bad MEDS_CUDA_TC, before any work
-  const WgVariant wg_variant = wg_variant_from_env();  // likewise MEDS_CUDA_WGMMA
   g_last_kernel.store(kLastNone);
   if (a.nq == 0 || a.n_groups == 0) return;
   DeviceGuard guard(a.device);
@@ -1088,7 +1010,7 @@ void group_min_distance_cuda(const GroupMinArgs& a) {
     // TMA's 32-bit coordinates. Anything else: the mma.sync kernel.
     const int64_t kLim = (int64_t{1} << 31) - 1024;
     bool use_wg = ct != kF32 && tc_mode != TcMode::Mma && a.nq < kLim && a.nm < kLim &&
-                  a.d < kLim / 4 && wgmma_unavailable(a.device, ct, wg_variant).empty();
+                  a.d < kLim / 4 && wgmma_unavailable(a.device, ct).empty();
     const DType native = es == 4 ? DType::Float32 : (ct == kBF16 ? DType::BFloat16 : DType::Float16);
     const int64_t pitch = (a.d + (16 / es) - 1) / (16 / es) * (16 / es);  // 16-byte rows
     auto usable = [&](const void* ptr, int64_t stride) {
@@ -1143,8 +1065,7 @@ void group_min_distance_cuda(const GroupMinArgs& a) {
     CUtensorMap tmap_a, tmap_b;
     if (use_wg) {
       use_wg = make_tensor_map(&tmap_a, ct, k.A, a.nq, pack_q ? pitch : a.d, k.lda, wg::BM) &&
-               make_tensor_map(&tmap_b, ct, k.B, a.nm, pack_m ? pitch : a.d, k.ldb,
-                               wg_variant == WgVariant::V3 ? wg3::B_HALF_ROWS : wg::BN);
+               make_tensor_map(&tmap_b, ct, k.B, a.nm, pack_m ? pitch : a.d, k.ldb, wg::BN);
     }
 
     const int64_t bm = ct == kF32 ? simt::BM : use_wg ? wg::BM : tc::BM;
@@ -1156,25 +1077,14 @@ void group_min_distance_cuda(const GroupMinArgs& a) {
       // Persistent: one CTA per SM (the kernel needs ~200 KiB of shared memory).
       int sms = 0;
       MEDS_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, a.device));
+      const int grid = grid_for(tiles, 1, std::max(sms, 1));
       const int kt_count = static_cast<int>((a.d * es + wg::KB - 1) / wg::KB);
-      if (wg_variant == WgVariant::V3) {
-        // Work items of v3: pairs of M tiles (the second one missing when tiles_m is odd).
-        const int64_t pairs = (k.tiles_m + 1) / 2 * k.tiles_n;
-        switch (ct) {
-          case kTF32: launch_wgmma_cluster<kTF32>(tmap_a, tmap_b, k, kt_count, pairs, sms, st); break;
-          case kBF16: launch_wgmma_cluster<kBF16>(tmap_a, tmap_b, k, kt_count, pairs, sms, st); break;
-          default: launch_wgmma_cluster<kF16>(tmap_a, tmap_b, k, kt_count, pairs, sms, st); break;
-        }
-        g_last_kernel.store(kLastWgmmaV3);
-      } else {
-        const int grid = grid_for(tiles, 1, std::max(sms, 1));
-        switch (ct) {
-          case kTF32: launch_wgmma<kTF32>(tmap_a, tmap_b, k, kt_count, grid, st); break;
-          case kBF16: launch_wgmma<kBF16>(tmap_a, tmap_b, k, kt_count, grid, st); break;
-          default: launch_wgmma<kF16>(tmap_a, tmap_b, k, kt_count, grid, st); break;
-        }
-        g_last_kernel.store(kLastWgmma);
+      switch (ct) {
+        case kTF32: launch_wgmma<kTF32>(tmap_a, tmap_b, k, kt_count, grid, st); break;
+        case kBF16: launch_wgmma<kBF16>(tmap_a, tmap_b, k, kt_count, grid, st); break;
+        default: launch_wgmma<kF16>(tmap_a, tmap_b, k, kt_count, grid, st); break;
       }
+      g_last_kernel.store(kLastWgmma);
     } else {
       const int grid = grid_for(tiles, 1, INT_MAX);
       switch (ct) {

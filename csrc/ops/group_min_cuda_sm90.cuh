@@ -129,37 +129,6 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
   }
 }
 
-// ---- shared-memory layout of the kernels and their barriers ---------------------------------
-struct Ring {
-  uint32_t pipe;     // 1024-byte aligned base of the stage ring (shared address)
-  int64_t* gs_all;   // [2][BN] column groups, double-buffered
-  float2* cab_all;   // [2][BN] column key coefficients, double-buffered
-};
-// The SMEM request includes the alignment slack. The layout depends only on the address of
-// the dynamic shared memory, so it is the same in every CTA of a cluster.
-__device__ __forceinline__ Ring ring_layout(unsigned char* dsmem) {
-  const uint32_t raw = smem_addr(dsmem);
-  const uint32_t pipe = (raw + (ALIGN - 1)) & ~static_cast<uint32_t>(ALIGN - 1);
-  unsigned char* const pipe_ptr = dsmem + (pipe - raw);
-  Ring r;
-  r.pipe = pipe;
-  r.gs_all = reinterpret_cast<int64_t*>(pipe_ptr + PIPE);
-  r.cab_all = reinterpret_cast<float2*>(pipe_ptr + PIPE + 2 * BN * 8);
-  return r;
-}
-// One thread: full[s] expects 1 arrive (+ transaction bytes), empty[s] empty_count arrives.
-__device__ __forceinline__ void init_ring_barriers(uint32_t full0, uint32_t empty0,
-                                                   uint32_t empty_count) {
-#pragma unroll
-  for (int s = 0; s < STAGES; ++s) {
-    mbar_init(full0 + 8 * s, 1);
-    mbar_init(empty0 + 8 * s, empty_count);
-  }
-  // Make the initialised barriers visible to the async proxy (TMA complete_tx) and, in a
-  // cluster, to the other CTAs.
-  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-}
-
 // ---- TMA -----------------------------------------------------------------------------------
 // 2-D tiled bulk tensor load global -> shared, completion counted in bytes on `bar`.
 // c0: element index along K (innermost), c1: row index.
@@ -312,8 +281,9 @@ struct ColFetch {
   int64_t gb;   // group of the tile's last valid column
 };
 
-// Column info of output column tile tn (this thread's column: ctid).
-__device__ __forceinline__ ColFetch fetch_cols_tn(const KArgs& p, int64_t tn, int ctid) {
+__device__ __forceinline__ ColFetch fetch_cols(const KArgs& p, int64_t tile, int ctid) {
+  int64_t tm, tn;
+  tile_coords(tile, p.tiles_m, p.tiles_n, tm, tn);
   const int64_t col0 = tn * BN;
   const int64_t c = col0 + ctid;
   ColFetch f;
@@ -326,180 +296,6 @@ __device__ __forceinline__ ColFetch fetch_cols_tn(const KArgs& p, int64_t tn, in
     f.n2 = __ldg(p.mn2 + c);
   }
   return f;
-}
-
-__device__ __forceinline__ ColFetch fetch_cols(const KArgs& p, int64_t tile, int ctid) {
-  int64_t tm, tn;
-  tile_coords(tile, p.tiles_m, p.tiles_n, tm, tn);
-  return fetch_cols_tn(p, tn, ctid);
-}
-
-// ---- consumer pieces shared by the kernel variants (v1 below, v3 in
-// group_min_cuda_sm90_cluster.cuh): column info, main loop, epilogue -----------------------
-
-// What the epilogue needs to know about the groups of a tile's columns.
-struct TileCols {
-  int64_t ga, gb;  // group of the first / of the last valid column
-  int n_a;         // number of columns of group ga
-  bool two_runs;   // columns [0, n_a) are group ga, every other valid column group gb
-};
-
-// Column info of this tile -> shared memory (double-buffered by the caller: a thread still in
-// the previous tile's epilogue reads the other buffer; the buffer written here was last read
-// two tiles ago, before every consumer passed the previous tile's barrier below).
-// n_a = number of columns of group ga; "two runs" = the columns of ga are exactly [0, n_a) and
-// every other valid column belongs to gb. Both reductions are barriers of the 256 consumer
-// threads, and they also publish gs/cab.
-__device__ __forceinline__ TileCols publish_cols(const KArgs& p, const ColFetch& cf, int64_t* gs,
-                                                 float2* cab, int ctid) {
-  {
-    float2 ab = make_float2(0.f, kInf);
-    if (cf.g >= 0) {
-      if (p.cosine) {
-        ab.x = cf.n2 > 0.f ? -1.0f / sqrtf(cf.n2) : 0.f;
-        ab.y = 0.f;
-      } else {
-        ab.x = -2.f;
-        ab.y = cf.n2;
-      }
-    }
-    gs[ctid] = cf.g;
-    cab[ctid] = ab;
-  }
-  TileCols t;
-  t.ga = cf.ga;
-  t.gb = cf.gb;
-  const bool valid = cf.g >= 0;
-  const bool is_a = valid && cf.g == t.ga;
-  t.n_a = bar_red_popc(BAR_CONSUMERS, CONSUMER_THREADS, is_a);
-  t.two_runs = bar_red_and(BAR_CONSUMERS, CONSUMER_THREADS,
-                           !valid || (is_a ? ctid < t.n_a : cf.g == t.gb));
-  return t;
-}
-
-// Main loop of one tile: kt_count stages from the ring (slot s, parity phase; both advanced),
-// one wgmma group in flight. release(slot) is called by every consumer warp once the wgmma
-// group that read `slot` has completed. Leaves the accumulators complete and pinned.
-template <int CT, class Release>
-__device__ __forceinline__ void tile_mainloop(float (&acc)[ACC], uint32_t pipe, uint32_t full0,
-                                              uint32_t& s, uint32_t& phase, int kt_count,
-                                              int wgi, Release release) {
-#pragma unroll
-  for (int i = 0; i < ACC; ++i) acc[i] = 0.f;
-  uint32_t prev = 0;
-  for (int kt = 0; kt < kt_count; ++kt) {
-    mbar_wait(full0 + 8 * s, phase);
-    const uint32_t sa = pipe + s * STAGE_BYTES + wgi * (64 * KB);  // this WG's 64 rows of A
-    const uint32_t sb = pipe + s * STAGE_BYTES + A_BYTES;          // all 256 rows of B
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < KB / KSTEP; ++kk)
-      wgmma_m64n256<CT>(acc, sw128_desc(sa + kk * KSTEP), sw128_desc(sb + kk * KSTEP));
-    wgmma_commit();
-    if (kt > 0) {
-      // The group of the previous stage has completed: release that slot.
-      wgmma_wait<1>();
-      release(prev);
-    }
-    prev = s;
-    if (++s == STAGES) {
-      s = 0;
-      phase ^= 1u;
-    }
-  }
-  wgmma_wait<0>();
-  release(prev);
-  fence_acc(acc);
-}
-
-// Epilogue of one tile (rows row0.., the column info in gs/cab, described by tc).
-// acc[4j + e]: row 64*wgi + 16*wq + g8 + 8*(e >> 1), col 8j + 2q + (e & 1),  j = 0..31.
-__device__ __forceinline__ void tile_epilogue(const KArgs& p, const float (&acc)[ACC],
-                                              const int64_t* gs, const float2* cab,
-                                              const TileCols& tc, int64_t row0, int wgi, int wq,
-                                              int lane) {
-  const int q = lane & 3, g8 = lane >> 2;
-  const int64_t ga = tc.ga, gb = tc.gb;
-  const int n_a = tc.n_a;
-  const float4* const cab4 = reinterpret_cast<const float4*>(cab);  // columns 2x, 2x+1
-  const int64_t rbase = row0 + 64 * wgi + 16 * wq + g8;
-  if (tc.two_runs) {
-    // Columns [0, n_a) are group ga, the other valid columns group gb (gb == ga: one group).
-    const bool one = ga == gb;
-    float ma[2] = {kInf, kInf}, mb[2] = {kInf, kInf};
-    if (one) {
-#pragma unroll
-      for (int j = 0; j < ACC / 4; ++j) {
-        const float4 cb = cab4[4 * j + q];
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          ma[h] = fminf(ma[h], fmaf(acc[4 * j + 2 * h], cb.x, cb.y));
-          ma[h] = fminf(ma[h], fmaf(acc[4 * j + 2 * h + 1], cb.z, cb.w));
-        }
-      }
-    } else {
-#pragma unroll
-      for (int j = 0; j < ACC / 4; ++j) {
-        const float4 cb = cab4[4 * j + q];
-        const int c0 = 8 * j + 2 * q;
-        const bool a0 = c0 < n_a, a1 = c0 + 1 < n_a;
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const float k0 = fmaf(acc[4 * j + 2 * h], cb.x, cb.y);
-          const float k1 = fmaf(acc[4 * j + 2 * h + 1], cb.z, cb.w);
-          if (a0) ma[h] = fminf(ma[h], k0); else mb[h] = fminf(mb[h], k0);
-          if (a1) ma[h] = fminf(ma[h], k1); else mb[h] = fminf(mb[h], k1);
-        }
-      }
-    }
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-#pragma unroll
-      for (int o = 1; o < 4; o <<= 1) {
-        ma[h] = fminf(ma[h], __shfl_xor_sync(0xffffffffu, ma[h], o));
-        mb[h] = fminf(mb[h], __shfl_xor_sync(0xffffffffu, mb[h], o));
-      }
-      const int64_t r = rbase + 8 * h;
-      if (q == 0 && r < p.nq) {
-        const RowInfo ri = row_info(p, r);
-        uint32_t* const orow = p.out + r * p.G;
-        if (ma[h] < kInf && ri.qg != ga) flush(orow, ga, ma[h], ri);
-        if (!one && mb[h] < kInf && ri.qg != gb) flush(orow, gb, mb[h], ri);
-      }
-    }
-  } else {
-    // General group layout: each thread scans its own 64 columns of each of its two rows in
-    // increasing column order and flushes one atomic per run of equal group ids.
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int64_t r = rbase + 8 * h;
-      if (r < p.nq) {
-        const RowInfo ri = row_info(p, r);
-        uint32_t* const orow = p.out + r * p.G;
-        int64_t cur_g = -1;
-        float cur = kInf;
-#pragma unroll
-        for (int j = 0; j < ACC / 4; ++j) {
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int c = 8 * j + 2 * q + e;
-            const int64_t g = gs[c];
-            if (g < 0 || g == ri.qg) continue;
-            const float2 ab = cab[c];
-            const float key = fmaf(acc[4 * j + 2 * h + e], ab.x, ab.y);
-            if (g == cur_g) {
-              cur = fminf(cur, key);
-            } else {
-              if (cur_g >= 0) flush(orow, cur_g, cur, ri);
-              cur_g = g;
-              cur = key;
-            }
-          }
-        }
-        if (cur_g >= 0) flush(orow, cur_g, cur, ri);
-      }
-    }
-  }
 }
 }  // namespace wgd
 #endif  // MEDS_SM90A_DEVICE
@@ -520,16 +316,26 @@ __global__ void __launch_bounds__(wg::THREADS, 1)
   __shared__ __align__(8) uint64_t bars[2 * STAGES];  // full[0..S), empty[S..2S)
   extern __shared__ unsigned char dsmem[];
 
-  const Ring ring = ring_layout(dsmem);
-  const uint32_t pipe = ring.pipe;
-  int64_t* const gs_all = ring.gs_all;
-  float2* const cab_all = ring.cab_all;
+  // 1024-byte aligned base of the stage ring (the SMEM request includes the slack).
+  const uint32_t raw = smem_addr(dsmem);
+  const uint32_t pipe = (raw + (ALIGN - 1)) & ~static_cast<uint32_t>(ALIGN - 1);
+  unsigned char* const pipe_ptr = dsmem + (pipe - raw);
+  int64_t* const gs_all = reinterpret_cast<int64_t*>(pipe_ptr + PIPE);           // [2][BN]
+  float2* const cab_all = reinterpret_cast<float2*>(pipe_ptr + PIPE + 2 * BN * 8);  // [2][BN]
   const uint32_t full0 = smem_addr(&bars[0]);
   const uint32_t empty0 = smem_addr(&bars[STAGES]);
 
   const int tid = threadIdx.x;
   const int warp = tid >> 5, lane = tid & 31;
-  if (tid == 0) init_ring_barriers(full0, empty0, CONSUMER_THREADS / 32);
+  if (tid == 0) {
+#pragma unroll
+    for (int s = 0; s < STAGES; ++s) {
+      mbar_init(full0 + 8 * s, 1);
+      mbar_init(empty0 + 8 * s, CONSUMER_THREADS / 32);
+    }
+    // Make the initialised barriers visible to the async proxy (TMA complete_tx).
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
   __syncthreads();  // the last CTA-wide barrier: from here on the roles never meet again
 
   const int64_t total = p.tiles_m * p.tiles_n;
@@ -571,6 +377,7 @@ __global__ void __launch_bounds__(wg::THREADS, 1)
   const int ctid = tid;            // 0..255: also this thread's column in the column info
   const int wgi = warp >> 2;       // consumer warpgroup: query rows 64*wgi .. 64*wgi+63
   const int wq = warp & 3;         // warp in the warpgroup: rows 16*wq .. 16*wq+15 of those
+  const int q = lane & 3, g8 = lane >> 2;
   uint32_t s = 0, phase = 0;
   ColFetch cf;
   if (static_cast<int64_t>(blockIdx.x) < total) cf = fetch_cols(p, blockIdx.x, ctid);
@@ -581,21 +388,148 @@ __global__ void __launch_bounds__(wg::THREADS, 1)
     tile_coords(tile, p.tiles_m, p.tiles_n, tm, tn);
     const int64_t row0 = tm * BM;
 
+    // Column info of this tile -> shared memory (double-buffered: a thread still in the
+    // previous tile's epilogue reads the other buffer; the buffer written here was last read
+    // two tiles ago, before every consumer passed the previous tile's barrier below).
     int64_t* const gs = gs_all + buf * BN;
     float2* const cab = cab_all + buf * BN;
-    const TileCols tc = publish_cols(p, cf, gs, cab, ctid);
+    {
+      float2 ab = make_float2(0.f, kInf);
+      if (cf.g >= 0) {
+        if (p.cosine) {
+          ab.x = cf.n2 > 0.f ? -1.0f / sqrtf(cf.n2) : 0.f;
+          ab.y = 0.f;
+        } else {
+          ab.x = -2.f;
+          ab.y = cf.n2;
+        }
+      }
+      gs[ctid] = cf.g;
+      cab[ctid] = ab;
+    }
+    const int64_t ga = cf.ga, gb = cf.gb;
+    const bool valid = cf.g >= 0;
+    const bool is_a = valid && cf.g == ga;
+    // n_a = number of columns of group ga; "two runs" = the columns of ga are exactly
+    // [0, n_a) and every other valid column belongs to gb. Both reductions are barriers of the
+    // 256 consumer threads, and they also publish gs/cab.
+    const int n_a = bar_red_popc(BAR_CONSUMERS, CONSUMER_THREADS, is_a);
+    const bool two_runs =
+        bar_red_and(BAR_CONSUMERS, CONSUMER_THREADS, !valid || (is_a ? ctid < n_a : cf.g == gb));
 
     // Prefetch the next tile's column info (consumed at the top of the next iteration).
     if (tile + gridDim.x < total) cf = fetch_cols(p, tile + gridDim.x, ctid);
 
     // ---- main loop: kt_count stages, one wgmma group in flight
     float acc[ACC];
-    tile_mainloop<CT>(acc, pipe, full0, s, phase, kt_count, wgi, [&](uint32_t slot) {
-      if (lane == 0) mbar_arrive(empty0 + 8 * slot);
-    });
+#pragma unroll
+    for (int i = 0; i < ACC; ++i) acc[i] = 0.f;
+    uint32_t prev = 0;
+    for (int kt = 0; kt < kt_count; ++kt) {
+      mbar_wait(full0 + 8 * s, phase);
+      const uint32_t sa = pipe + s * STAGE_BYTES + wgi * (64 * KB);  // this WG's 64 rows of A
+      const uint32_t sb = pipe + s * STAGE_BYTES + A_BYTES;          // all 256 rows of B
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < KB / KSTEP; ++kk)
+        wgmma_m64n256<CT>(acc, sw128_desc(sa + kk * KSTEP), sw128_desc(sb + kk * KSTEP));
+      wgmma_commit();
+      if (kt > 0) {
+        // The group of the previous stage has completed: release that slot.
+        wgmma_wait<1>();
+        if (lane == 0) mbar_arrive(empty0 + 8 * prev);
+      }
+      prev = s;
+      if (++s == STAGES) {
+        s = 0;
+        phase ^= 1u;
+      }
+    }
+    wgmma_wait<0>();
+    if (lane == 0) mbar_arrive(empty0 + 8 * prev);
+    fence_acc(acc);
 
-    // ---- epilogue
-    tile_epilogue(p, acc, gs, cab, tc, row0, wgi, wq, lane);
+    // ---- epilogue. acc[4j + e]: row 64*wgi + 16*wq + g8 + 8*(e >> 1),
+    //                             col 8j + 2q + (e & 1),  j = 0..31.
+    const float4* const cab4 = reinterpret_cast<const float4*>(cab);  // columns 2x, 2x+1
+    const int64_t rbase = row0 + 64 * wgi + 16 * wq + g8;
+    if (two_runs) {
+      // Columns [0, n_a) are group ga, the other valid columns group gb (gb == ga: one group).
+      const bool one = ga == gb;
+      float ma[2] = {kInf, kInf}, mb[2] = {kInf, kInf};
+      if (one) {
+#pragma unroll
+        for (int j = 0; j < ACC / 4; ++j) {
+          const float4 cb = cab4[4 * j + q];
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            ma[h] = fminf(ma[h], fmaf(acc[4 * j + 2 * h], cb.x, cb.y));
+            ma[h] = fminf(ma[h], fmaf(acc[4 * j + 2 * h + 1], cb.z, cb.w));
+          }
+        }
+      } else {
+#pragma unroll
+        for (int j = 0; j < ACC / 4; ++j) {
+          const float4 cb = cab4[4 * j + q];
+          const int c0 = 8 * j + 2 * q;
+          const bool a0 = c0 < n_a, a1 = c0 + 1 < n_a;
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const float k0 = fmaf(acc[4 * j + 2 * h], cb.x, cb.y);
+            const float k1 = fmaf(acc[4 * j + 2 * h + 1], cb.z, cb.w);
+            if (a0) ma[h] = fminf(ma[h], k0); else mb[h] = fminf(mb[h], k0);
+            if (a1) ma[h] = fminf(ma[h], k1); else mb[h] = fminf(mb[h], k1);
+          }
+        }
+      }
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+#pragma unroll
+        for (int o = 1; o < 4; o <<= 1) {
+          ma[h] = fminf(ma[h], __shfl_xor_sync(0xffffffffu, ma[h], o));
+          mb[h] = fminf(mb[h], __shfl_xor_sync(0xffffffffu, mb[h], o));
+        }
+        const int64_t r = rbase + 8 * h;
+        if (q == 0 && r < p.nq) {
+          const RowInfo ri = row_info(p, r);
+          uint32_t* const orow = p.out + r * p.G;
+          if (ma[h] < kInf && ri.qg != ga) flush(orow, ga, ma[h], ri);
+          if (!one && mb[h] < kInf && ri.qg != gb) flush(orow, gb, mb[h], ri);
+        }
+      }
+    } else {
+      // General group layout: each thread scans its own 64 columns of each of its two rows in
+      // increasing column order and flushes one atomic per run of equal group ids.
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int64_t r = rbase + 8 * h;
+        if (r < p.nq) {
+          const RowInfo ri = row_info(p, r);
+          uint32_t* const orow = p.out + r * p.G;
+          int64_t cur_g = -1;
+          float cur = kInf;
+#pragma unroll
+          for (int j = 0; j < ACC / 4; ++j) {
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const int c = 8 * j + 2 * q + e;
+              const int64_t g = gs[c];
+              if (g < 0 || g == ri.qg) continue;
+              const float2 ab = cab[c];
+              const float key = fmaf(acc[4 * j + 2 * h + e], ab.x, ab.y);
+              if (g == cur_g) {
+                cur = fminf(cur, key);
+              } else {
+                if (cur_g >= 0) flush(orow, cur_g, cur, ri);
+                cur_g = g;
+                cur = key;
+              }
+            }
+          }
+          if (cur_g >= 0) flush(orow, cur_g, cur, ri);
+        }
+      }
+    }
   }
 #else
   // Not the sm_90a variant: never launched (the host checks the variant before dispatching).
