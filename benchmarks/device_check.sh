@@ -49,18 +49,16 @@ $PY -c "from meds import _C; print('wgmma kernel status on cuda:0:', _C.cuda_wgm
 # Two processes: everything but the wgmma kernel first, then the wgmma variants, so that a
 # fault in the new kernel (which poisons the CUDA context of its process) cannot hide the
 # results of the rest.
-step "CUDA tests (all but wgmma)"
-timeout 120 $PY -m pytest -p no:cacheprovider -q -m cuda tests/test_ops_cuda.py --tb=short -rf \
-  -k "not wgmma" >"$OUT/cuda_tests.log" 2>&1
-rc=$?
-grep -E "^(FAILED|ERROR)" "$OUT/cuda_tests.log" | head -n 40
-record "cuda tests, not wgmma (rc=$rc): $(tail -n 1 "$OUT/cuda_tests.log")"
-step "CUDA tests (wgmma)"
-timeout 120 $PY -m pytest -p no:cacheprovider -q -m cuda tests/test_ops_cuda.py --tb=short -rf \
-  -k "wgmma" >"$OUT/cuda_tests_wgmma.log" 2>&1
-rc=$?
-grep -E "^(FAILED|ERROR)" "$OUT/cuda_tests_wgmma.log" | head -n 40
-record "cuda tests, wgmma (rc=$rc): $(tail -n 1 "$OUT/cuda_tests_wgmma.log")"
+cuda_tests() {  # cuda_tests NAME LOG -k-EXPRESSION
+  step "CUDA tests ($1)"
+  timeout 120 $PY -m pytest -p no:cacheprovider -q -m cuda tests/test_ops_cuda.py --tb=short -rf \
+    -k "$3" >"$OUT/$2" 2>&1
+  local rc=$?
+  grep -E "^(FAILED|ERROR)" "$OUT/$2" | head -n 40
+  record "cuda tests, $1 (rc=$rc): $(tail -n 1 "$OUT/$2")"
+}
+cuda_tests "not wgmma" cuda_tests.log "not wgmma"
+cuda_tests "wgmma" cuda_tests_wgmma.log "wgmma"
 
 step "CUDA benchmark"
 timeout 150 $PY -m meds bench --device cuda --json "$OUT/bench_cuda.json" 2>&1 | tee "$OUT/bench.log"
