@@ -10,7 +10,7 @@ import time
 
 import meds
 from meds.data import generate_synthetic, load_dataset, contaminate
-from meds.metrics import image_auroc
+from meds.evaluation.metrics import image_auroc
 t0 = time.time()
 root = generate_synthetic('bench_out/fit300', categories=['tile'], n_train=250, n_test_good=10, n_test_defect=60, image_size=256, seed=0)
 data = contaminate(load_dataset(root, category='tile', format='mvtec'), 0.2, seed=0)

@@ -1,4 +1,4 @@
-"""Time meds.metrics on a realistic test set: 100 images of 256x256 (6.5 M pixels).
+"""Time meds.evaluation.metrics on a realistic test set: 100 images of 256x256 (6.5 M pixels).
 
     python benchmarks/metrics_speed.py [--images 100] [--size 256] [--repeat 3] [--sklearn]
 
@@ -15,13 +15,13 @@ import time
 import numpy as np
 
 try:
-    from meds import metrics as M
+    from meds.evaluation import metrics as M
 except ImportError:  # running from a source checkout without installing
     import sys
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from meds import metrics as M
+    from meds.evaluation import metrics as M
 
 
 def make_data(n_images: int, size: int, seed: int = 0):

@@ -1,6 +1,6 @@
 """Noise-robustness benchmark: does MeDS hold up as contamination grows?
 
-Runs every method of :mod:`meds.experiment` side by side on the same splits, on every
+Runs every method of :mod:`meds.evaluation.experiment` side by side on the same splits, on every
 category of the embedded synthetic dataset (generated on the fly) or on a real MVTec AD /
 VisA folder, at noise ratios 0 / 10 / 20 / 40 % (defects per normal training image,
 no-overlap unless --overlap), over several seeds. Prints markdown tables like the paper's
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from meds.data import generate_synthetic, list_categories, load_dataset, parse_split_list_name
 from meds.data.synthetic import SYNTHETIC_CATEGORIES
-from meds.experiment import (
+from meds.evaluation.experiment import (
     METHODS,
     TEST_METRICS,
     TRAIN_METRICS,
@@ -32,9 +32,9 @@ from meds.experiment import (
     per_category_table,
     run_experiment,
 )
-from meds.io import load_json, save_json
-from meds.network import NetworkConfig
-from meds.train import TrainConfig
+from meds.atomic_io import load_json, save_json
+from meds.method.network import NetworkConfig
+from meds.method.train import TrainConfig
 
 #: One configuration for every noise ratio (as in the paper): no per-ratio tuning.
 #: Sized for 2 CPU cores: 160-pixel inputs (a 20x20 patch grid) and 100 + 100 steps.

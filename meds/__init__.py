@@ -1,20 +1,20 @@
 """meds: noise-robust industrial anomaly detection (MeDS, Memory-Distilled Selection).
 
 The kernel functions (``group_min_distance``, ``ensemble_distance``, ``sample_banks``,
-``expected_min_distance``, ``build_info``) live in :mod:`meds.ops`; the estimator
-:class:`MeDS` in :mod:`meds.model`. Both are imported on first use so that
+``expected_min_distance``, ``build_info``) live in :mod:`meds.kernels.ops`; the estimator
+:class:`MeDS` in :mod:`meds.method.model`. Both are imported on first use so that
 ``import meds`` stays cheap (torch and timm load only when needed).
 """
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "group_min_distance": "meds.ops",
-    "ensemble_distance": "meds.ops",
-    "sample_banks": "meds.ops",
-    "expected_min_distance": "meds.ops",
-    "build_info": "meds.ops",
-    "MeDS": "meds.model",
+    "group_min_distance": "meds.kernels.ops",
+    "ensemble_distance": "meds.kernels.ops",
+    "sample_banks": "meds.kernels.ops",
+    "expected_min_distance": "meds.kernels.ops",
+    "build_info": "meds.kernels.ops",
+    "MeDS": "meds.method.model",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -1,4 +1,4 @@
-"""meds.backbones: weights, feature layout, preprocessing, cache. No network needed."""
+"""meds.method.backbones: weights, feature layout, preprocessing, cache. No network needed."""
 
 import os
 
@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 timm = pytest.importorskip("timm")
 
-from meds import backbones as B  # noqa: E402
-from meds.backbones import (  # noqa: E402
+from meds.method import backbones as B  # noqa: E402
+from meds.method.backbones import (  # noqa: E402
     PatchFeatureExtractor,
     PatchFeatures,
     cached_features,

@@ -94,9 +94,9 @@ def test_eval_prints_and_writes_the_table(dataset, tmp_path):
 
 
 def test_demo_runs_on_a_reduced_dataset(tmp_path):
-    from meds.demo import run_demo
-    from meds.network import NetworkConfig
-    from meds.train import TrainConfig
+    from meds.app.demo import run_demo
+    from meds.method.network import NetworkConfig
+    from meds.method.train import TrainConfig
 
     rows = run_demo(tmp_path, categories=["tile"], device="cpu", verbose=False,
                     sizes=dict(n_train=8, n_test_good=2, n_test_defect=4, image_size=64),

@@ -1,12 +1,12 @@
-"""meds.metrics against scikit-learn and plain loop references."""
+"""meds.evaluation.metrics against scikit-learn and plain loop references."""
 
 import warnings
 
 import numpy as np
 import pytest
 
-from meds import metrics as M
-from meds.metrics import (
+from meds.evaluation import metrics as M
+from meds.evaluation.metrics import (
     MetricWarning,
     aupro,
     evaluate,

@@ -5,11 +5,11 @@ import pytest
 import torch
 
 import meds
-from meds.baselines import MemoryEnsembleDetector, NearestNeighbourDetector
+from meds.method.baselines import MemoryEnsembleDetector, NearestNeighbourDetector
 from meds.data import contaminate, generate_synthetic, load_dataset
-from meds.metrics import image_auroc
-from meds.network import NetworkConfig
-from meds.train import TrainConfig
+from meds.evaluation.metrics import image_auroc
+from meds.method.network import NetworkConfig
+from meds.method.train import TrainConfig
 
 TINY_NETWORK = NetworkConfig(dim=32, depth=1, heads=2)
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 from scipy import ndimage
 
-from meds.network import NETWORK_PRESETS, NetworkConfig, ReconstructionNetwork
-from meds.scoring import anomaly_maps, gaussian_blur, robust_threshold, top_fraction_mean
-from meds.train import (
+from meds.method.network import NETWORK_PRESETS, NetworkConfig, ReconstructionNetwork
+from meds.method.scoring import anomaly_maps, gaussian_blur, robust_threshold, top_fraction_mean
+from meds.method.train import (
     Checkpointer,
     TrainConfig,
     distill,

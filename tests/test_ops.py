@@ -1,4 +1,4 @@
-"""meds.ops against plain float64 numpy references (CPU paths; CUDA lives in test_ops_cuda.py)."""
+"""meds.kernels.ops against plain float64 numpy references (CPU paths; CUDA lives in test_ops_cuda.py)."""
 
 import itertools
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-ops = pytest.importorskip("meds.ops")
+ops = pytest.importorskip("meds.kernels.ops")
 from meds import _C  # noqa: E402  (the extension must be built for these tests)
 
 METRICS = ("cosine", "l2", "sqeuclidean")

@@ -1,4 +1,4 @@
-"""Tests for meds.viz (colour maps, overlays, PNG output) and meds.report (audit report)."""
+"""Tests for meds.app.viz (colour maps, overlays, PNG output) and meds.app.report (audit report)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from meds import viz
-from meds.report import AuditEntry, sanitize_name, write_audit_report, write_prediction_outputs
+from meds.app import viz
+from meds.app.report import AuditEntry, sanitize_name, write_audit_report, write_prediction_outputs
 
 
 def _luminance(rgb: np.ndarray) -> np.ndarray:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .io import _check_on_error, _problem, check_readable, list_images, natural_key
+from .images import _check_on_error, _problem, check_readable, list_images, natural_key
 from .types import Sample, is_image_file
 
 #: Folder names that mean "good / normal" (compared case-insensitively).

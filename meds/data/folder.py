@@ -49,7 +49,7 @@ from ._common import (
     make_samples,
     subdirs,
 )
-from .io import DataWarning, list_images, natural_key
+from .images import DataWarning, list_images, natural_key
 from .types import CategoryData, Sample
 
 __all__ = ["load_folder", "folder_layout"]

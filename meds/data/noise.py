@@ -32,7 +32,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from .io import DataWarning
+from .images import DataWarning
 from .types import CategoryData, NoiseSetting, Sample
 
 __all__ = ["contaminate", "load_split_list", "apply_split_list", "NoiseSetting", "parse_split_list_name"]

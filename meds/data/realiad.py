@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ._common import _check_on_error, _problem
-from .io import check_readable, natural_key
+from .images import check_readable, natural_key
 from .types import CategoryData, Sample
 
 __all__ = ["load_realiad", "realiad_categories", "find_realiad_json", "REALIAD_DEFECT_NAMES", "REALIAD_RESOLUTIONS"]

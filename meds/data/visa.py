@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ._common import _check_on_error, _problem
-from .io import check_readable, natural_key
+from .images import check_readable, natural_key
 from .mvtec import is_mvtec_category_dir, load_mvtec, mvtec_categories
 from .types import CategoryData, Sample
 

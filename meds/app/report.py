@@ -1,6 +1,7 @@
 """The audit report (MeDS's "active label correction") and prediction outputs.
 
-:func:`write_audit_report` writes the ranked list of suspicious *training* images that a
+:func:`write_audit` ranks a fitted model's training images by how suspicious it finds them;
+:func:`write_audit_report` writes that ranked list of suspicious *training* images that a
 person inspects first to clean their data: ``audit.csv``, overlay thumbnails under
 ``thumbs/`` and a self-contained static ``index.html`` (inline CSS, no JavaScript, no
 external URLs). :func:`write_prediction_outputs` writes ``predictions.csv`` and one heat-map
@@ -24,9 +25,10 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 import numpy as np
 from PIL import Image
 
+from ..data import CategoryData, read_image
 from .viz import atomic_write_bytes, colormap, overlay, save_png, thumbnail
 
-__all__ = ["AuditEntry", "write_audit_report", "write_prediction_outputs", "sanitize_name"]
+__all__ = ["AuditEntry", "write_audit", "write_audit_report", "write_prediction_outputs", "sanitize_name"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -469,3 +471,40 @@ def write_prediction_outputs(
             stem = sanitize_name(Path(str(paths[i])).stem)
             heatmaps[i] = save_png(panel, out / "heatmaps" / f"{i:0{width}d}_{stem}.png")
     return {"dir": out, "csv": csv_path, "heatmaps": heatmaps}
+
+
+def write_audit(model, data: CategoryData, out: Path, settings: dict, max_thumbnails: int = 200) -> dict:
+    """Write the audit report of a fitted detector's training images into ``out``.
+
+    Args:
+        model: A fitted :class:`~meds.method.model.MeDS` (``training_scores_``, ``selected_``).
+        data: The split it was fitted on (``train`` in the same order); known noise
+            labels, if any, are shown as "known defect".
+        out: Output folder.
+        settings: Shown as a table at the top of the page.
+        max_thumbnails: Heat-map thumbnails for this many of the most suspicious images.
+
+    Returns:
+        The paths written (see :func:`write_audit_report`).
+    """
+    order = np.argsort(-model.training_scores_, kind="stable")
+    paths = data.train_paths()
+    shown = [paths[i] for i in order[:max_thumbnails]]
+    maps = model.predict(shown).maps if shown else []
+    labels = data.train_is_noise
+    entries = []
+    for rank, index in enumerate(order):
+        entries.append(AuditEntry(
+            rank=rank + 1,
+            path=paths[index],
+            score=float(model.training_scores_[index]),
+            selected=bool(model.selected_[index]),
+            image=read_image(paths[index]) if rank < len(shown) else None,
+            anomaly_map=maps[rank] if rank < len(shown) else None,
+            label=int(labels[index]) if labels is not None else None,
+        ))
+    # Selection keeps eta below a cut, so the lowest untrusted score marks where it fell.
+    untrusted = model.training_scores_[~model.selected_]
+    cut = float(untrusted.min()) if untrusted.size else None
+    return write_audit_report(entries, out, title=f"meds audit: {data.name}", threshold=model.threshold_,
+                              cut=cut, settings=settings, max_thumbnails=max_thumbnails)

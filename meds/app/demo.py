@@ -20,7 +20,7 @@ DEMO_SIZES = dict(n_train=50, n_test_good=12, n_test_defect=24, image_size=256)
 
 
 def _pick_categories(requested: Optional[Sequence[str]]) -> list[str]:
-    from .data.synthetic import SYNTHETIC_CATEGORIES
+    from ..data.synthetic import SYNTHETIC_CATEGORIES
 
     if requested:
         unknown = [c for c in requested if c not in SYNTHETIC_CATEGORIES]
@@ -44,9 +44,9 @@ def run_demo(
     meds_kwargs: Optional[dict] = None,
 ) -> list[dict]:
     """Run the demo into folder ``out`` and return the metric rows it printed."""
-    from .audit import write_audit
-    from .data import generate_synthetic, load_dataset
-    from .experiment import ExperimentConfig, run_setting
+    from .report import write_audit
+    from ..data import generate_synthetic, load_dataset
+    from ..evaluation.experiment import ExperimentConfig, run_setting
     from .report import write_prediction_outputs
 
     started = time.perf_counter()
@@ -95,7 +95,7 @@ def run_demo(
 
 
 def _side_by_side(rows: list[dict]) -> str:
-    from .experiment import METHOD_LABELS
+    from ..evaluation.experiment import METHOD_LABELS
 
     columns = [("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO"),
                ("contamination_auroc", "finds injected defects (AUROC)")]

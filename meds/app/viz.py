@@ -13,7 +13,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from .io import atomic_write_bytes
+from ..atomic_io import atomic_write_bytes
 from PIL import Image, ImageDraw, ImageFont
 
 __all__ = [

@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _model_kwargs(args) -> dict:
-    from .train import TrainConfig
+    from ..method.train import TrainConfig
 
     if not 0.0 < args.bank_ratio <= 1.0:
         raise CLIError(f"--bank-ratio must be in (0, 1], got {args.bank_ratio}")
@@ -164,7 +164,7 @@ def _model_kwargs(args) -> dict:
 
 
 def _load_categories(args) -> list:
-    from .data import list_categories, load_dataset
+    from ..data import list_categories, load_dataset
 
     root = Path(args.data)
     if not root.is_dir():
@@ -188,8 +188,8 @@ def _say(text: str) -> None:
 
 
 def _expand_images(items: Sequence[str]) -> list[str]:
-    from .data.io import list_images
-    from .data.types import is_image_file
+    from ..data.images import list_images
+    from ..data.types import is_image_file
 
     paths = []
     for item in items:
@@ -209,7 +209,7 @@ def _expand_images(items: Sequence[str]) -> list[str]:
 
 
 def _fit_category(data, kwargs: dict, checkpoint_dir: Optional[Path] = None):
-    from .model import MeDS
+    from ..method.model import MeDS
 
     model = MeDS(**kwargs)
     return model.fit(data.train_paths(), checkpoint_dir=checkpoint_dir)
@@ -238,7 +238,7 @@ def _write_training_scores(model, data, path: Path) -> None:
     import csv
     import io
 
-    from .io import atomic_write_text
+    from ..atomic_io import atomic_write_text
 
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -249,7 +249,7 @@ def _write_training_scores(model, data, path: Path) -> None:
 
 
 def _resolve_model_dir(run: str, category: Optional[str]) -> Path:
-    from .model import CONFIG_FILE
+    from ..method.model import CONFIG_FILE
 
     path = Path(run)
     if category:
@@ -265,7 +265,7 @@ def _resolve_model_dir(run: str, category: Optional[str]) -> Path:
 
 
 def cmd_predict(args) -> int:
-    from .model import MeDS
+    from ..method.model import MeDS
     from .report import write_prediction_outputs
 
     model_dir = _resolve_model_dir(args.run, args.category)
@@ -281,8 +281,8 @@ def cmd_predict(args) -> int:
 
 
 def cmd_audit(args) -> int:
-    from .audit import write_audit
-    from .model import MeDS
+    from .report import write_audit
+    from ..method.model import MeDS
 
     kwargs = _model_kwargs(args)
     out = Path(args.out)
@@ -308,8 +308,8 @@ def cmd_audit(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .experiment import METHODS, ExperimentConfig, run_experiment
-    from .io import save_json
+    from ..evaluation.experiment import METHODS, ExperimentConfig, run_experiment
+    from ..atomic_io import save_json
 
     methods = list(METHODS) if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
@@ -337,7 +337,7 @@ def cmd_eval(args) -> int:
 
 
 def _results_markdown(rows, protocol: str, seeds) -> str:
-    from .experiment import TEST_METRICS, TRAIN_METRICS, markdown_table
+    from ..evaluation.experiment import TEST_METRICS, TRAIN_METRICS, markdown_table
 
     parts = [f"Noise protocol: {protocol}; seeds {', '.join(map(str, seeds))}; mean ± std over seeds "
              "of the category average, x100."]
@@ -356,7 +356,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import main as bench_main
+    from ..kernels.bench import main as bench_main
 
     argv = ["--device", args.device] + (["--quick"] if args.quick else []) + (["--json", args.json] if args.json else [])
     bench_main(argv)

@@ -282,7 +282,7 @@ def section_memory(args, sizes, results):
                 import faiss  # noqa: F401
             except ImportError:
                 continue
-        proc = subprocess.run([sys.executable, "-m", "meds.bench", "--_memcase", spec], capture_output=True, text=True,
+        proc = subprocess.run([sys.executable, "-m", "meds.kernels.bench", "--_memcase", spec], capture_output=True, text=True,
                               env=os.environ.copy())
         if proc.returncode != 0:
             print(f"  {case}: failed: {proc.stderr.strip().splitlines()[-1:]}")

@@ -1,8 +1,8 @@
 """What every patch-based detector of meds shares: inputs, features, maps, threshold.
 
-A detector turns images into frozen encoder patch features (:mod:`meds.backbones`), scores
+A detector turns images into frozen encoder patch features (:mod:`meds.method.backbones`), scores
 the patches (its own job: :meth:`PatchDetector._score_features`), and post-processes the
-patch scores into pixel maps and image scores (:mod:`meds.scoring`). MeDS and the
+patch scores into pixel maps and image scores (:mod:`meds.method.scoring`). MeDS and the
 baselines differ only in how they fit and score patches.
 """
 
@@ -60,7 +60,7 @@ def load_images(images: Sequence[ImageLike], argument: str = "images") -> list[n
     """
     from PIL import Image
 
-    from .data import read_image
+    from ..data import read_image
 
     if isinstance(images, (str, os.PathLike, np.ndarray, torch.Tensor)) and not (
         isinstance(images, np.ndarray) and images.ndim == 4
@@ -97,7 +97,7 @@ class PatchDetector:
     """Base class: feature extraction, post-processing, threshold, predict.
 
     Args:
-        backbone: Backbone preset or timm model name (see :mod:`meds.backbones`).
+        backbone: Backbone preset or timm model name (see :mod:`meds.method.backbones`).
         layers: Feature layers; ``None`` = the preset's.
         image_size: Input size; ``None`` = the preset's.
         crop_size: Centre-crop size; ``None`` = the preset's.

@@ -2,10 +2,10 @@
 
 Every training image's patches are scored against ``B`` partial memories, each the set of
 all patches of ``ceil(rho * N)`` images drawn with replacement. Memories are unions of
-whole images, so one pass of :func:`meds.ops.group_min_distance` (nearest distance from a
+whole images, so one pass of :func:`meds.kernels.ops.group_min_distance` (nearest distance from a
 patch to every image) followed by a reduction over the banks gives the exact ensemble
-score (:func:`meds.ops.ensemble_distance`). ``n_banks="exact"`` replaces the Monte Carlo
-average by its B -> infinity limit (:func:`meds.ops.expected_min_distance`).
+score (:func:`meds.kernels.ops.ensemble_distance`). ``n_banks="exact"`` replaces the Monte Carlo
+average by its B -> infinity limit (:func:`meds.kernels.ops.expected_min_distance`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import ops
+from ..kernels import ops
 
 BankCount = Union[int, str]
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .io import load_json, load_tensors, save_json, save_tensors
+from ..atomic_io import load_json, load_tensors, save_json, save_tensors
 from .network import ReconstructionNetwork
 from .scoring import top_fraction_mean
 

@@ -25,9 +25,9 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from . import __version__
+from .. import __version__
 from .detector import ImageLike, PatchDetector, resolve_device
-from .io import load_json, load_tensors, save_json, save_tensors
+from ..atomic_io import load_json, load_tensors, save_json, save_tensors
 from .memory import BankCount, check_bank_count, memory_scores
 from .scoring import top_fraction_mean
 from .network import NETWORK_PRESETS, NetworkConfig, ReconstructionNetwork
@@ -66,14 +66,14 @@ class MeDS(PatchDetector):
         exclude_self: Leave-one-out memory scores (a patch never matches its own image).
         metric: Patch distance of stage 1: ``"cosine"``, ``"l2"`` or ``"sqeuclidean"``.
         network: Network preset name (``"small"``, ``"base"``, ``"dinomaly"``) or a
-            :class:`~meds.network.NetworkConfig`.
-        train: Optimisation schedule (:class:`~meds.train.TrainConfig`).
+            :class:`~meds.method.network.NetworkConfig`.
+        train: Optimisation schedule (:class:`~meds.method.train.TrainConfig`).
         distillation: Run stage 2; ``False`` trains from a random init.
         selection: Run progressive selection in stage 3; ``False`` fine-tunes on every
             image (with ``distillation=False`` that is the plain reconstruction model).
         seed: Seed of every random choice (banks, init, batches, dropout).
         **kwargs: Backbone, post-processing and runtime options of
-            :class:`~meds.detector.PatchDetector` (``layers``, ``image_size``,
+            :class:`~meds.method.detector.PatchDetector` (``layers``, ``image_size``,
             ``weights``, ``blur_sigma``, ``threshold_k``, ``device``, ``verbose``...).
 
     Attributes (after fit):

@@ -14,7 +14,7 @@ images are computed once, and every method is fitted and evaluated on the same s
 ``meds_exact``            MeDS with ``n_banks="exact"`` (the B -> infinity limit)
 ========================  ==========================================================
 
-Test metrics come from :func:`meds.metrics.evaluate` (pixel metrics at the encoder's input
+Test metrics come from :func:`meds.evaluation.metrics.evaluate` (pixel metrics at the encoder's input
 resolution); the training-set metrics ``contamination_auroc`` / ``contamination_auprc``
 say how well each method's ``training_scores_`` find the defects hidden in training.
 """
@@ -29,11 +29,11 @@ from typing import Callable, Iterable, Optional, Sequence
 import numpy as np
 import torch
 
-from .baselines import MemoryEnsembleDetector, NearestNeighbourDetector
-from .data import CategoryData, apply_split_list, contaminate, read_mask
+from ..method.baselines import MemoryEnsembleDetector, NearestNeighbourDetector
+from ..data import CategoryData, apply_split_list, contaminate, read_mask
 from .metrics import evaluate, image_ap, image_auroc
-from .memory import memory_scores
-from .model import MeDS
+from ..method.memory import memory_scores
+from ..method.model import MeDS
 
 METHODS = (
     "nearest_neighbour",

@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from . import ops
+from ..kernels import ops
 from .detector import ImageLike, PatchDetector
 from .memory import BankCount, memory_scores, nearest_neighbour_scores
 from .scoring import robust_threshold, top_fraction_mean

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .io import atomic_write_text
+from ..atomic_io import atomic_write_text
 
 __all__ = [
     "BACKBONE_PRESETS",
