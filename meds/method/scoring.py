@@ -88,9 +88,15 @@ def resize_map(pixel_map: np.ndarray, size: Sequence[int]) -> np.ndarray:
     return out[0, 0].numpy()
 
 
-def robust_threshold(scores: np.ndarray, k: float = 3.0) -> float:
-    """``median + k * 1.4826 * MAD`` of ``scores``: an outlier cut needing no labels."""
-    scores = np.asarray(scores, dtype=np.float64)
+def robust_centre_scale(scores) -> tuple[float, float]:
+    """``(median, 1.4826 * MAD)`` of ``scores``: a centre and standard deviation that a
+    minority of outliers cannot move."""
+    scores = np.asarray(scores.cpu() if isinstance(scores, torch.Tensor) else scores, dtype=np.float64)
     median = float(np.median(scores))
-    mad = float(np.median(np.abs(scores - median)))
-    return median + k * 1.4826 * mad
+    return median, 1.4826 * float(np.median(np.abs(scores - median)))
+
+
+def robust_threshold(scores, k: float = 3.0) -> float:
+    """``median + k * 1.4826 * MAD`` of ``scores``: an outlier cut needing no labels."""
+    centre, scale = robust_centre_scale(scores)
+    return centre + k * scale
