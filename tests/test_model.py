@@ -8,6 +8,7 @@ import meds
 from meds.method.baselines import MemoryEnsembleDetector, NearestNeighbourDetector
 from meds.data import contaminate, generate_synthetic, load_dataset
 from meds.evaluation.metrics import image_auroc
+from meds.method.model import FINAL_DETECTORS
 from meds.method.network import NetworkConfig
 from meds.method.train import TrainConfig
 
@@ -84,6 +85,39 @@ def test_save_load_gives_identical_predictions(split, fitted, tmp_path):
     assert loaded.get_config() == fitted.get_config()
 
 
+@pytest.mark.parametrize("final", FINAL_DETECTORS)
+def test_every_final_detector_predicts_and_round_trips(split, fitted, final, tmp_path):
+    view = fitted.with_final(final)
+    assert view.final == final and fitted.final == "fusion"  # a view; the model is unchanged
+    paths = split.test_paths()
+    out = view.predict(paths)
+    assert out.threshold == fitted.thresholds_[final]
+    np.testing.assert_array_equal(out.labels, out.scores > out.threshold)
+    assert image_auroc(split.test_labels(), out.scores) > 0.5
+    view.save(tmp_path / final)
+    loaded = meds.MeDS.load(tmp_path / final, device="cpu", verbose=False)
+    assert loaded.final == final
+    again = loaded.predict(paths[:4])
+    np.testing.assert_array_equal(again.scores, out.scores[:4])
+    np.testing.assert_array_equal(again.labels, out.labels[:4])
+
+
+def test_the_memory_detector_holds_only_trusted_patches(split, fitted):
+    grid = fitted.grid_[0] * fitted.grid_[1]
+    per_image = int(np.ceil(fitted.coreset_ratio * grid))
+    assert fitted.memory_bank_.shape == (int(fitted.selected_.sum()) * per_image, sum(fitted.group_dims_))
+    # The trusted set is stricter than stage 3's training set at 40 % noise.
+    is_noise = split.noise_labels()
+    assert is_noise[fitted.selected_].sum() <= is_noise[fitted.finetune_selected_].sum()
+    # Its scores are nearest-neighbour distances to the bank (brute force, cosine).
+    features = torch.cat([f for _, f in fitted.iter_features(split.test_paths()[:2])])
+    patches = torch.nn.functional.normalize(features.reshape(-1, features.shape[-1]), dim=1)
+    bank = torch.nn.functional.normalize(fitted.memory_bank_, dim=1)
+    expected = (1 - patches @ bank.T).min(dim=1).values.reshape(2, -1)
+    got = fitted.with_final("memory")._score_features(features)
+    torch.testing.assert_close(got, expected, atol=2e-5, rtol=0)
+
+
 def test_load_refuses_a_folder_without_a_model(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         meds.MeDS.load(tmp_path)
@@ -156,6 +190,12 @@ def test_predict_before_fit_and_bad_options():
         meds.MeDS(bank_ratio=1.5)
     with pytest.raises(ValueError, match="network"):
         meds.MeDS(network="huge")
+    with pytest.raises(ValueError, match="final"):
+        meds.MeDS(final="best")
+    with pytest.raises(ValueError, match="coreset_ratio"):
+        meds.MeDS(coreset_ratio=0.0)
+    with pytest.raises(ValueError, match="trust_rounds"):
+        meds.MeDS(trust_rounds=0)
 
 
 def test_fit_is_reproducible_and_leaves_the_global_rng_alone(split):

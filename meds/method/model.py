@@ -28,10 +28,14 @@ import torch
 from .. import __version__
 from .detector import ImageLike, PatchDetector, resolve_device
 from ..atomic_io import load_json, load_tensors, save_json, save_tensors
-from .memory import BankCount, check_bank_count, memory_scores
-from .scoring import top_fraction_mean
+from .memory import BankCount, check_bank_count, memory_scores, nearest_neighbour_scores
+from .scoring import robust_centre_scale, robust_threshold, top_fraction_mean
 from .network import NETWORK_PRESETS, NetworkConfig, ReconstructionNetwork
 from .train import Checkpointer, StepCallback, TrainConfig, distill, patch_scores, progressive_selection
+from .trusted import PatchMemory, image_coreset, leave_one_out_distance, select_trusted
+
+#: The final detectors :class:`MeDS` can score test images with (see its docstring).
+FINAL_DETECTORS = ("reconstruction", "memory", "fusion")
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -71,14 +75,31 @@ class MeDS(PatchDetector):
         distillation: Run stage 2; ``False`` trains from a random init.
         selection: Run progressive selection in stage 3; ``False`` fine-tunes on every
             image (with ``distillation=False`` that is the plain reconstruction model).
+        final: The detector that scores test images, fitted from the selection:
+            ``"reconstruction"`` (the paper's: the fine-tuned network), ``"memory"``
+            (nearest neighbour over a coreset of the trusted images' patches) or
+            ``"fusion"`` (both scores, each standardised by the median and MAD of the
+            trusted images' scores, summed). All three are fitted; :meth:`with_final`
+            switches between them without refitting.
+        trust_k: Width, in robust standard deviations, of the cut that decides which
+            images the memory trusts (:func:`~meds.method.trusted.select_trusted`).
+        trust_rounds: Re-score / cut rounds of that selection.
+        coreset_ratio: Share of each trusted image's patches kept in the memory bank
+            (greedy k-center); bounds the cost of prediction.
         seed: Seed of every random choice (banks, init, batches, dropout).
         **kwargs: Backbone, post-processing and runtime options of
             :class:`~meds.method.detector.PatchDetector` (``layers``, ``image_size``,
             ``weights``, ``blur_sigma``, ``threshold_k``, ``device``, ``verbose``...).
 
     Attributes (after fit):
-        training_scores_: ``(N,)`` suspicion score of every training image (final ``eta``).
-        selected_: ``(N,)`` bool, the training images the final model trusted.
+        training_scores_: ``(N,)`` suspicion score of every training image: its
+            leave-one-out distance to the trusted core (see :mod:`~meds.method.trusted`).
+        selected_: ``(N,)`` bool, the training images the final detector trusts.
+        eta_: ``(N,)`` the final ``eta`` of stage 3 (the paper's suspicion score).
+        finetune_selected_: ``(N,)`` bool, the images the last stage-3 pass trained on.
+        memory_bank_: ``(M, D)`` the trusted patches of the memory detector.
+        fusion_stats_: ``{"reconstruction": [centre, scale], "memory": [...]}``.
+        thresholds_: Label threshold of each final detector.
         memory_scores_: ``(N,)`` stage-1 image scores (top-1% mean of the patch scores).
         distilled_network_: The stage-2 network (``theta_0``; not saved by :meth:`save`).
         distilled_scores_: ``(N,)`` its image scores on the training set.
@@ -99,6 +120,10 @@ class MeDS(PatchDetector):
         train: Optional[TrainConfig] = None,
         distillation: bool = True,
         selection: bool = True,
+        final: str = "fusion",
+        trust_k: float = 3.0,
+        trust_rounds: int = 1,
+        coreset_ratio: float = 0.1,
         seed: int = 0,
         **kwargs,
     ):
@@ -113,6 +138,16 @@ class MeDS(PatchDetector):
         self.bank_replace = bool(bank_replace)
         self.exclude_self = bool(exclude_self)
         self.metric = metric
+        if final not in FINAL_DETECTORS:
+            raise ValueError(f"MeDS: final must be one of {list(FINAL_DETECTORS)}, got {final!r}")
+        if not 0.0 < coreset_ratio <= 1.0:
+            raise ValueError(f"MeDS: coreset_ratio must be in (0, 1], got {coreset_ratio}")
+        if int(trust_rounds) < 1:
+            raise ValueError(f"MeDS: trust_rounds must be >= 1, got {trust_rounds}")
+        self.final = final
+        self.trust_k = float(trust_k)
+        self.trust_rounds = int(trust_rounds)
+        self.coreset_ratio = float(coreset_ratio)
         self.network_config = _network_config(network)
         self.train_config = train if train is not None else TrainConfig()
         self.distillation = bool(distillation)
@@ -125,6 +160,11 @@ class MeDS(PatchDetector):
         self.history_: list = []
         self.distilled_network_: Optional[ReconstructionNetwork] = None
         self.distilled_scores_: Optional[np.ndarray] = None
+        self.eta_: Optional[np.ndarray] = None
+        self.finetune_selected_: Optional[np.ndarray] = None
+        self.memory_bank_: Optional[torch.Tensor] = None
+        self.fusion_stats_: dict = {}
+        self.thresholds_: dict = {}
 
     def get_config(self) -> dict:
         """Every constructor argument, JSON-serialisable (what :meth:`save` writes)."""
@@ -139,6 +179,10 @@ class MeDS(PatchDetector):
             "train": dataclasses.asdict(self.train_config),
             "distillation": self.distillation,
             "selection": self.selection,
+            "final": self.final,
+            "trust_k": self.trust_k,
+            "trust_rounds": self.trust_rounds,
+            "coreset_ratio": self.coreset_ratio,
             "seed": self.seed,
         }
 
@@ -201,12 +245,57 @@ class MeDS(PatchDetector):
                                        checkpointer=checkpointer, callback=callback,
                                        progress=self.verbose, select=self.selection)
         self.network_ = result.network.eval()
-        self.training_scores_ = result.scores.cpu().numpy().astype(np.float64)
-        self.selected_ = result.selected.cpu().numpy()
+        self.eta_ = result.scores.cpu().numpy().astype(np.float64)
+        self.finetune_selected_ = result.selected.cpu().numpy()
         self.distilled_scores_ = result.initial_scores.cpu().numpy().astype(np.float64)
         self.history_ = [tuple(h) for h in result.history]
-        self._set_threshold(features[result.selected])
+        self._fit_final(features, result.scores)
         return self
+
+    def _fit_final(self, features: torch.Tensor, eta: torch.Tensor) -> None:
+        """The trusted set, the memory bank, and the standardisation and threshold of each
+        final detector (all from training images only)."""
+        coreset = image_coreset(features, self.coreset_ratio)
+        trusted = select_trusted(features, eta, coreset, self._image_scores, k=self.trust_k,
+                                 rounds=self.trust_rounds, metric=self.metric)
+        keep = torch.nonzero(trusted.trusted).flatten()
+        bank = PatchMemory.of(features, keep, coreset)
+        self.memory_bank_ = bank.rows.contiguous()
+        self.training_scores_ = trusted.scores.cpu().numpy().astype(np.float64)
+        self.selected_ = trusted.trusted.cpu().numpy()
+
+        # Out-of-sample memory scores of the trusted images (never against their own
+        # patches); the network's scores of the same images.
+        patch = {"memory": leave_one_out_distance(features[keep], PatchMemory(bank.rows, _renumber(bank.images)),
+                                                  metric=self.metric),
+                 "reconstruction": patch_scores(self.network_, features[keep], self.batch_size)}
+        self.fusion_stats_ = {}
+        for name, values in patch.items():
+            centre, scale = robust_centre_scale(self._image_scores(values))
+            self.fusion_stats_[name] = [centre, max(scale, 1e-12)]
+        patch["fusion"] = self._fuse(patch["reconstruction"], patch["memory"])
+        self.thresholds_ = {name: robust_threshold(self._image_scores(values).cpu().numpy(), self.threshold_k)
+                            for name, values in patch.items()}
+        self.threshold_ = self.thresholds_[self.final]
+
+    def _image_scores(self, patch: torch.Tensor) -> torch.Tensor:
+        """``(N,)`` image scores of ``(N, L)`` patch scores (maps, blur, top fraction), batched."""
+        return torch.cat([self.image_scores_from_maps(self.maps_from_patch_scores(patch[i : i + self.batch_size]))
+                          for i in range(0, patch.shape[0], self.batch_size)])
+
+    def _fuse(self, reconstruction: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        (c_rec, w_rec), (c_mem, w_mem) = self.fusion_stats_["reconstruction"], self.fusion_stats_["memory"]
+        return (reconstruction - c_rec) / w_rec + (memory - c_mem) / w_mem
+
+    def with_final(self, final: str) -> "MeDS":
+        """A view of this fitted model that scores with another final detector (no refit)."""
+        if final not in FINAL_DETECTORS:
+            raise ValueError(f"MeDS.with_final: final must be one of {list(FINAL_DETECTORS)}, got {final!r}")
+        self._check_fitted()
+        view = copy.copy(self)
+        view.final = final
+        view.threshold_ = self.thresholds_[final]
+        return view
 
     def _stage1(self, features: torch.Tensor, checkpointer: Checkpointer) -> torch.Tensor:
         cached = checkpointer.load("memory_scores", self.device)
@@ -220,7 +309,14 @@ class MeDS(PatchDetector):
         return scores
 
     def _score_features(self, features: torch.Tensor) -> torch.Tensor:
-        return patch_scores(self.network_, features, self.batch_size)
+        if self.final == "reconstruction":
+            return patch_scores(self.network_, features, self.batch_size)
+        n, length, dim = features.shape
+        memory = nearest_neighbour_scores(features.reshape(-1, dim), self.memory_bank_,
+                                          metric=self.metric).reshape(n, length)
+        if self.final == "memory":
+            return memory
+        return self._fuse(patch_scores(self.network_, features, self.batch_size), memory)
 
     # -- persistence -----------------------------------------------------------------
 
@@ -236,6 +332,9 @@ class MeDS(PatchDetector):
         tensors["training_scores"] = torch.from_numpy(self.training_scores_)
         tensors["selected"] = torch.from_numpy(self.selected_.astype(np.uint8))
         tensors["memory_scores"] = torch.from_numpy(np.asarray(self.memory_scores_, dtype=np.float64))
+        tensors["eta"] = torch.from_numpy(self.eta_)
+        tensors["finetune_selected"] = torch.from_numpy(self.finetune_selected_.astype(np.uint8))
+        tensors["memory_bank"] = self.memory_bank_
         save_tensors(tensors, path / WEIGHTS_FILE)
         save_json(
             {
@@ -244,6 +343,8 @@ class MeDS(PatchDetector):
                 "config": self.get_config(),
                 "fitted": {
                     "threshold": self.threshold_,
+                    "thresholds": self.thresholds_,
+                    "fusion_stats": self.fusion_stats_,
                     "grid": list(self.grid_),
                     "group_dims": list(self.group_dims_),
                     "history": [list(h) for h in self.history_],
@@ -277,7 +378,17 @@ class MeDS(PatchDetector):
         model.training_scores_ = tensors["training_scores"].cpu().numpy()
         model.selected_ = tensors["selected"].cpu().numpy().astype(bool)
         model.memory_scores_ = tensors["memory_scores"].cpu().numpy()
+        model.eta_ = tensors["eta"].cpu().numpy()
+        model.finetune_selected_ = tensors["finetune_selected"].cpu().numpy().astype(bool)
+        model.memory_bank_ = tensors["memory_bank"].to(model.device, torch.float32).contiguous()
+        model.thresholds_ = {k: float(v) for k, v in fitted["thresholds"].items()}
+        model.fusion_stats_ = {k: [float(x) for x in v] for k, v in fitted["fusion_stats"].items()}
         return model
+
+
+def _renumber(ids: torch.Tensor) -> torch.Tensor:
+    """Map ids to ``0..n-1`` in order of first appearance (ids arrive sorted, as groups)."""
+    return torch.unique_consecutive(ids, return_inverse=True)[1]
 
 
 def _top_mean(patch_scores_: torch.Tensor, fraction: float) -> np.ndarray:
