@@ -78,6 +78,10 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--network", default="small", help="network preset: small, base, dinomaly")
     g.add_argument("--steps", type=int, default=None, help="iterations of stage 2 and of stage 3 (default: auto)")
     g.add_argument("--selection-k", type=float, default=3.0, help="k of the selection rule (default 3)")
+    g.add_argument("--final", default="fusion", choices=["reconstruction", "memory", "fusion"],
+                   help="final detector: the paper's network, the trusted memory, or both (default fusion)")
+    g.add_argument("--coreset-ratio", type=float, default=0.1,
+                   help="share of each trusted image's patches kept in the memory (default 0.1)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1...")
     g.add_argument("--seed", type=int, default=0)
 
@@ -121,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise", type=_float_list, default=[0.0, 0.1, 0.2, 0.4], help="noise ratios, e.g. 0,0.1,0.2,0.4")
     p.add_argument("--seeds", type=_int_list, default=[0, 1, 2], help="seeds, e.g. 0,1,2")
     p.add_argument("--methods", default="nearest_neighbour,meds,reconstruction", help="comma-separated methods (or 'all')")
-    p.add_argument("--overlap", action="store_true", help="keep injected defects in the test split (official protocol)")
+    p.add_argument("--protocols", default="no-overlap",
+                   help="noise protocols to evaluate every fit on: no-overlap, overlap or no-overlap,overlap")
+    p.add_argument("--overlap", action="store_true", help="shorthand for --protocols overlap (official protocol)")
     p.add_argument("--out", help="folder for results.json and results.md")
     _add_model_options(p)
     _add_common(p)
@@ -150,6 +156,8 @@ def _model_kwargs(args) -> dict:
 
     if not 0.0 < args.bank_ratio <= 1.0:
         raise CLIError(f"--bank-ratio must be in (0, 1], got {args.bank_ratio}")
+    if not 0.0 < args.coreset_ratio <= 1.0:
+        raise CLIError(f"--coreset-ratio must be in (0, 1], got {args.coreset_ratio}")
     if args.steps is not None and args.steps < 0:
         raise CLIError(f"--steps must be >= 0, got {args.steps}")
     train = TrainConfig(distill_steps=args.steps, finetune_steps=args.steps, selection_k=args.selection_k)
@@ -157,6 +165,7 @@ def _model_kwargs(args) -> dict:
         backbone=args.backbone, weights=None if args.weights == "none" else args.weights,
         n_banks=args.n_banks, bank_ratio=args.bank_ratio, exclude_self=args.exclude_self,
         network=args.network, train=train, device=args.device, seed=args.seed, verbose=not args.quiet,
+        final=args.final, coreset_ratio=args.coreset_ratio,
     )
     if args.image_size is not None:
         kwargs["image_size"] = args.image_size
@@ -308,7 +317,7 @@ def cmd_audit(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from ..evaluation.experiment import METHODS, ExperimentConfig, run_experiment
+    from ..evaluation.experiment import METHODS, PROTOCOLS, ExperimentConfig, of_protocol, run_experiment
     from ..atomic_io import save_json
 
     methods = list(METHODS) if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -320,17 +329,20 @@ def cmd_eval(args) -> int:
     if "image_size" in kwargs:
         model_kwargs["image_size"] = kwargs.pop("image_size")
     kwargs.pop("seed"), kwargs.pop("verbose")
-    config = ExperimentConfig(noise_ratios=args.noise, seeds=args.seeds, methods=methods, overlap=args.overlap,
+    protocols = ["overlap"] if args.overlap else [p.strip() for p in args.protocols.split(",") if p.strip()]
+    bad = [p for p in protocols if p not in PROTOCOLS]
+    if bad or not protocols:
+        raise CLIError(f"--protocols: expected no-overlap and/or overlap, got {args.protocols!r}")
+    config = ExperimentConfig(noise_ratios=args.noise, seeds=args.seeds, methods=methods, protocols=protocols,
                               model_kwargs={**model_kwargs, "verbose": False}, meds_kwargs=kwargs)
     datasets = _load_categories(args)
     start = time.perf_counter()
     rows = run_experiment(datasets, config, verbose=not args.quiet)
-    protocol = "overlap" if args.overlap else "no-overlap"
-    text = _results_markdown(rows, protocol, args.seeds)
+    text = "\n\n".join(_results_markdown(of_protocol(rows, p), p, args.seeds) for p in protocols)
     print(text)
     if args.out:
         out = Path(args.out)
-        save_json({"rows": rows, "protocol": protocol, "seconds": time.perf_counter() - start}, out / "results.json")
+        save_json({"rows": rows, "protocols": protocols, "seconds": time.perf_counter() - start}, out / "results.json")
         (out / "results.md").write_text(text + "\n", encoding="utf-8")
         _say(f"wrote {out / 'results.json'} and {out / 'results.md'}")
     return 0

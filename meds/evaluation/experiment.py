@@ -8,11 +8,18 @@ images are computed once, and every method is fitted and evaluated on the same s
 ``nearest_neighbour``     full-memory nearest neighbour (PatchCore without coreset)
 ``memory_ensemble``       MeDS stage 1 scores used at test time
 ``distilled``             MeDS stage 2 only (the frozen ``theta_0`` of stage 3)
-``meds``                  full MeDS, paper defaults
+``meds``                  full MeDS with its default final detector
+``meds_reconstruction``   the same fit scored by the paper's final network
+``meds_memory``           the same fit scored by the trusted memory (nearest neighbour)
+``meds_fusion``           the same fit scored by both, standardised and summed
 ``reconstruction``        the reconstruction network trained on everything
 ``meds_exclude_self``     MeDS with leave-one-out memory scores
 ``meds_exact``            MeDS with ``n_banks="exact"`` (the B -> infinity limit)
 ========================  ==========================================================
+
+One fit serves every protocol: the training split of a (noise, seed) pair is the same
+under no-overlap and overlap (only the test split differs), so each fitted method is
+evaluated on the test split of each protocol in ``ExperimentConfig.protocols``.
 
 Test metrics come from :func:`meds.evaluation.metrics.evaluate` (pixel metrics at the encoder's input
 resolution); the training-set metrics ``contamination_auroc`` / ``contamination_auprc``
@@ -33,13 +40,16 @@ from ..method.baselines import MemoryEnsembleDetector, NearestNeighbourDetector
 from ..data import CategoryData, apply_split_list, contaminate, read_mask
 from .metrics import evaluate, image_ap, image_auroc
 from ..method.memory import memory_scores
-from ..method.model import MeDS
+from ..method.model import FINAL_DETECTORS, MeDS
 
 METHODS = (
     "nearest_neighbour",
     "memory_ensemble",
     "distilled",
     "meds",
+    "meds_reconstruction",
+    "meds_memory",
+    "meds_fusion",
     "reconstruction",
     "meds_exclude_self",
     "meds_exact",
@@ -49,12 +59,16 @@ METHOD_LABELS = {
     "nearest_neighbour": "Full-memory NN (B=1, rho=1)",
     "memory_ensemble": "Memory ensemble only (stage 1)",
     "distilled": "Distilled only (stage 2)",
-    "meds": "MeDS (stages 1-3)",
+    "meds": "MeDS (default final detector)",
+    "meds_reconstruction": "MeDS, final = reconstruction (paper)",
+    "meds_memory": "MeDS, final = trusted memory",
+    "meds_fusion": "MeDS, final = fusion",
     "reconstruction": "Reconstruction, no selection",
     "meds_exclude_self": "MeDS, exclude_self",
     "meds_exact": "MeDS, n_banks=exact",
 }
 
+PROTOCOLS = ("no-overlap", "overlap")
 TEST_METRICS = ("image_auroc", "image_ap", "pixel_auroc", "aupro", "pixel_ap", "image_f1_max")
 TRAIN_METRICS = ("contamination_auroc", "contamination_auprc")
 
@@ -67,7 +81,9 @@ class ExperimentConfig:
         noise_ratios: ``#defects / #normal training images`` levels.
         seeds: Seeds of the contamination draw and of every model.
         methods: Names from :data:`METHODS`.
-        overlap: Keep injected defects in the test split too (official protocol).
+        protocols: Noise protocols to evaluate each fit on: ``"no-overlap"`` (injected
+            defects leave the test split) and/or ``"overlap"`` (they stay: the official
+            MeDS protocol).
         model_kwargs: Arguments shared by every detector (backbone, sizes, device...).
         meds_kwargs: Extra arguments of the MeDS-based methods (banks, network, train...).
         split_lists: ``{(noise, seed): csv path}`` of published noisy training lists
@@ -78,7 +94,7 @@ class ExperimentConfig:
     noise_ratios: Sequence[float] = (0.0, 0.1, 0.2, 0.4)
     seeds: Sequence[int] = (0, 1, 2)
     methods: Sequence[str] = METHODS
-    overlap: bool = False
+    protocols: Sequence[str] = ("no-overlap",)
     model_kwargs: dict = dataclasses.field(default_factory=dict)
     meds_kwargs: dict = dataclasses.field(default_factory=dict)
     split_lists: dict = dataclasses.field(default_factory=dict)
@@ -87,6 +103,10 @@ class ExperimentConfig:
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise ValueError(f"ExperimentConfig: unknown methods {unknown}; choose from {list(METHODS)}")
+        bad = [p for p in self.protocols if p not in PROTOCOLS]
+        if bad or not self.protocols:
+            raise ValueError(f"ExperimentConfig: protocols must be a non-empty subset of {list(PROTOCOLS)}, "
+                             f"got {list(self.protocols)}")
         if any(r < 0 for r in self.noise_ratios):
             raise ValueError(f"ExperimentConfig: noise ratios must be >= 0, got {list(self.noise_ratios)}")
 
@@ -154,13 +174,15 @@ def _fit_methods(
             same_banks = reference.bank_replace and not reference.exclude_self
             shared_scores = memory() if same_banks else None
             det, sec = timed(lambda: prepared(ensemble).fit_features(train_features, patch_scores=shared_scores))
-        elif method in ("meds", "distilled"):
+        elif method in ("meds", "distilled") or method.startswith("meds_") and method[5:] in FINAL_DETECTORS:
             if meds_model is None:
                 meds_model, meds_seconds = timed(fit_meds)
             if method == "meds":
                 det, sec = meds_model, meds_seconds
-            else:
+            elif method == "distilled":
                 det, sec = _distilled_view(meds_model), float("nan")
+            else:  # the same fit, scored by another final detector
+                det, sec = meds_model.with_final(method[5:]), float("nan")
         elif method == "reconstruction":
             det, sec = timed(lambda: fit_meds(distillation=False, selection=False))
         elif method == "meds_exclude_self":
@@ -173,9 +195,23 @@ def _fit_methods(
 def _distilled_view(model: MeDS) -> MeDS:
     """The stage-2 network of a fitted MeDS as a detector of its own (no extra training)."""
     view = copy.copy(model)
+    view.final = "reconstruction"
     view.network_ = model.distilled_network_
     view.training_scores_ = model.distilled_scores_
     return view
+
+
+def _splits(data: CategoryData, noise: float, seed: int, config: ExperimentConfig) -> dict:
+    """``{protocol: contaminated split}``; the training split is the same for every protocol."""
+    split_list = config.split_lists.get((noise, seed))
+    splits = {}
+    for protocol in config.protocols:
+        overlap = protocol == "overlap"
+        if split_list is not None:
+            splits[protocol] = apply_split_list(data, split_list, overlap=overlap)
+        else:
+            splits[protocol] = contaminate(data, noise, seed, overlap=overlap)
+    return splits
 
 
 def run_setting(
@@ -187,50 +223,56 @@ def run_setting(
     verbose: bool = False,
     on_fitted: Optional[Callable[[str, object, CategoryData], None]] = None,
 ) -> list[dict]:
-    """Contaminate ``data`` at ``noise`` with ``seed`` and evaluate every method.
+    """Contaminate ``data`` at ``noise`` with ``seed``, fit every method once and evaluate
+    it under every protocol.
 
     Args:
         data: A clean category split.
         noise: Contamination ratio.
         seed: Seed of the contamination and of every model.
-        config: Methods and model settings.
+        config: Methods, protocols and model settings.
         verbose: Progress bars of the feature extraction and training.
         on_fitted: ``on_fitted(method, detector, split)`` after each method is fitted
-            (e.g. to write reports from the fitted models).
+            (e.g. to write reports from the fitted models); ``split`` is the first
+            protocol's.
 
     Returns:
-        One row per method: category, noise, seed, protocol, sizes, metrics, fit seconds.
+        One row per method and protocol: category, noise, seed, protocol, sizes, metrics,
+        fit seconds.
     """
-    split_list = config.split_lists.get((noise, seed))
-    if split_list is not None:
-        split = apply_split_list(data, split_list, overlap=config.overlap)
-    else:
-        split = contaminate(data, noise, seed, overlap=config.overlap)
+    splits = _splits(data, noise, seed, config)
+    split = splits[config.protocols[0]]
     shared = MeDS(**{**config.model_kwargs, **config.meds_kwargs, "seed": seed, "verbose": verbose})
     train_features = shared.training_features(split.train_paths())
-    test_features = torch.cat([f for _, f in shared.iter_features(split.test_paths(), desc="encoder features (test)")])
-    labels = split.test_labels()
-    masks = _test_masks(split, shared.input_size)
+    # Features of every test image any protocol uses, computed once.
+    test_paths = list(dict.fromkeys(p for s in splits.values() for p in s.test_paths()))
+    features = torch.cat([f for _, f in shared.iter_features(test_paths, desc="encoder features (test)")])
+    position = {p: i for i, p in enumerate(test_paths)}
+    tests = {protocol: (s, [position[p] for p in s.test_paths()], s.test_labels(), _test_masks(s, shared.input_size))
+             for protocol, s in splits.items()}
     is_noise = split.noise_labels()
     rows = []
     for method, detector, seconds in _fit_methods(config.methods, train_features, shared, config, seed):
         if on_fitted is not None:
             on_fitted(method, detector, split)
-        scores, maps = detector.predict_features(test_features)
-        metrics = evaluate(labels, scores, masks, maps.numpy() if masks is not None else None)
-        rows.append({
-            "category": data.name,
-            "method": method,
-            "noise": float(noise),
-            "seed": int(seed),
-            "protocol": "overlap" if config.overlap else "no-overlap",
-            "n_train": len(split.train),
-            "n_noise": int(is_noise.sum()),
-            "n_test": len(split.test),
-            "fit_seconds": seconds,
-            **{k: float(metrics.get(k, float("nan"))) for k in TEST_METRICS},
-            **_training_metrics(getattr(detector, "training_scores_", None), is_noise),
-        })
+        training = _training_metrics(getattr(detector, "training_scores_", None), is_noise)
+        all_scores, all_maps = detector.predict_features(features)
+        for protocol, (s, index, labels, masks) in tests.items():
+            scores, maps = all_scores[index], all_maps[index]
+            metrics = evaluate(labels, scores, masks, maps.numpy() if masks is not None else None)
+            rows.append({
+                "category": data.name,
+                "method": method,
+                "noise": float(noise),
+                "seed": int(seed),
+                "protocol": protocol,
+                "n_train": len(s.train),
+                "n_noise": int(is_noise.sum()),
+                "n_test": len(s.test),
+                "fit_seconds": seconds,
+                **{k: float(metrics.get(k, float("nan"))) for k in TEST_METRICS},
+                **training,
+            })
     return rows
 
 
@@ -275,12 +317,19 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(arr.mean()), float(arr.std(ddof=0))
 
 
+def of_protocol(rows: Sequence[dict], protocol: str) -> list[dict]:
+    """The rows measured under one noise protocol (tables never mix protocols)."""
+    return [row for row in rows if row["protocol"] == protocol]
+
+
 def aggregate(rows: Sequence[dict], metric: str) -> dict:
-    """``{(method, noise): (mean, std)}`` of ``metric``.
+    """``{(method, noise): (mean, std)}`` of ``metric``, for rows of one protocol.
 
     The category average is taken per seed first, so the std is over seeds (as the
     paper's tables report it).
     """
+    if len({row["protocol"] for row in rows}) > 1:
+        raise ValueError("aggregate: rows of several protocols; select one with of_protocol()")
     by_key: dict = {}
     for row in rows:
         by_key.setdefault((row["method"], row["noise"], row["seed"]), []).append(row[metric])
