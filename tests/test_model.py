@@ -88,7 +88,7 @@ def test_save_load_gives_identical_predictions(split, fitted, tmp_path):
 @pytest.mark.parametrize("final", FINAL_DETECTORS)
 def test_every_final_detector_predicts_and_round_trips(split, fitted, final, tmp_path):
     view = fitted.with_final(final)
-    assert view.final == final and fitted.final == "fusion"  # a view; the model is unchanged
+    assert view.final == final and fitted.final == "reconstruction"  # a view; the model is unchanged
     paths = split.test_paths()
     out = view.predict(paths)
     assert out.threshold == fitted.thresholds_[final]
@@ -105,10 +105,10 @@ def test_every_final_detector_predicts_and_round_trips(split, fitted, final, tmp
 def test_the_memory_detector_holds_only_trusted_patches(split, fitted):
     grid = fitted.grid_[0] * fitted.grid_[1]
     per_image = int(np.ceil(fitted.coreset_ratio * grid))
-    assert fitted.memory_bank_.shape == (int(fitted.selected_.sum()) * per_image, sum(fitted.group_dims_))
+    assert fitted.memory_bank_.shape == (int(fitted.trusted_.sum()) * per_image, sum(fitted.group_dims_))
     # The trusted set is stricter than stage 3's training set at 40 % noise.
     is_noise = split.noise_labels()
-    assert is_noise[fitted.selected_].sum() <= is_noise[fitted.finetune_selected_].sum()
+    assert is_noise[fitted.trusted_].sum() <= is_noise[fitted.selected_].sum()
     # Its scores are nearest-neighbour distances to the bank (brute force, cosine).
     features = torch.cat([f for _, f in fitted.iter_features(split.test_paths()[:2])])
     patches = torch.nn.functional.normalize(features.reshape(-1, features.shape[-1]), dim=1)

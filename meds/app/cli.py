@@ -78,8 +78,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--network", default="small", help="network preset: small, base, dinomaly")
     g.add_argument("--steps", type=int, default=None, help="iterations of stage 2 and of stage 3 (default: auto)")
     g.add_argument("--selection-k", type=float, default=3.0, help="k of the selection rule (default 3)")
-    g.add_argument("--final", default="fusion", choices=["reconstruction", "memory", "fusion"],
-                   help="final detector: the paper's network, the trusted memory, or both (default fusion)")
+    g.add_argument("--final", default="reconstruction", choices=["reconstruction", "memory", "fusion"],
+                   help="final detector: the paper's network (default), the trusted memory, or both")
     g.add_argument("--coreset-ratio", type=float, default=0.1,
                    help="share of each trusted image's patches kept in the memory (default 0.1)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1...")
