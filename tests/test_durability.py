@@ -456,3 +456,13 @@ def test_kernel_argument_messages():
         ops.sample_banks(10, seed=-1)
     with pytest.raises(TypeError, match="sample_banks: argument 'seed' must be an int, got str"):
         ops.sample_banks(10, seed="abc")
+
+
+def test_the_prediction_csv_labels_a_nan_score_anomalous(tmp_path):
+    import csv
+
+    from meds.app.report import write_prediction_outputs
+
+    written = write_prediction_outputs(["a.png", "b.png"], [float("nan"), 0.1], None, None, None, tmp_path, 0.5)
+    rows = list(csv.DictReader(open(written["csv"])))
+    assert [r["label"] for r in rows] == ["1", "0"]
