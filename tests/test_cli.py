@@ -43,7 +43,8 @@ def run_dir(dataset, tmp_path_factory):
 
 def test_fit_writes_a_loadable_model_and_training_scores(run_dir):
     model_dir = run_dir / "wood"
-    assert (model_dir / "config.json").is_file() and (model_dir / "model.safetensors").is_file()
+    weights = json.loads((model_dir / "config.json").read_text())["files"]["model"]["name"]
+    assert (model_dir / weights).is_file() and weights.endswith(".safetensors")
     rows = list(csv.DictReader(open(model_dir / "training_scores.csv")))
     assert len(rows) == 8 and set(rows[0]) == {"path", "score", "selected"}
 

@@ -1,5 +1,7 @@
 """The MeDS estimator end to end on a tiny contaminated synthetic category."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -73,7 +75,8 @@ def test_predict_returns_maps_at_each_image_size(split, fitted, tmp_path):
 
 def test_save_load_gives_identical_predictions(split, fitted, tmp_path):
     fitted.save(tmp_path / "model")
-    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["config.json", "model.safetensors"]
+    weights = json.loads((tmp_path / "model" / "config.json").read_text())["files"]["model"]["name"]
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["config.json", weights]
     loaded = meds.MeDS.load(tmp_path / "model", device="cpu", verbose=False)
     paths = split.test_paths()[:6]
     a, b = fitted.predict(paths), loaded.predict(paths)

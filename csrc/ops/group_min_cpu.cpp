@@ -311,6 +311,13 @@ void group_min_distance_cpu(const GroupMinArgs& a) {
   const double min_flops = static_cast<double>(env_int("MEDS_CPU_THREAD_FLOPS", 1000000));
   nthreads = static_cast<int>(std::max<double>(1.0, std::min<double>(nthreads, flops / min_flops)));
   const bool cosine = a.metric == Metric::Cosine;
+  // Euclidean metrics: finite inputs near the float range overflow |q|^2 + |m|^2 - 2 q.m to
+  // inf or NaN. Such a result is +inf when the group has an eligible row (NaN means none).
+  std::vector<char> has_rows;
+  if (!cosine) {
+    has_rows.assign(static_cast<size_t>(G), 0);
+    for (int64_t r = 0; r < nm; ++r) has_rows[a.groups[r]] = 1;
+  }
 
   AlignedBuffer<float> qscale(nq), qbias(nq), mscale(nm), minit(nm);
   const float* Q = static_cast<const float*>(a.queries);
@@ -418,9 +425,12 @@ void group_min_distance_cpu(const GroupMinArgs& a) {
             for (int64_t g = 0; g < G; ++g) o[g] = s[g] < o[g] ? s[g] : o[g];
           }
           const float bias = qbias[q];
+          const int64_t qg = p.exclude_self ? a.query_groups[q] : -1;
           for (int64_t g = 0; g < G; ++g) {
             const float v = o[g];
-            if (v == inf) {
+            if (!cosine && !std::isfinite(v)) {  // no eligible row (inf), or an overflow
+              o[g] = has_rows[g] && g != qg ? inf : nan;
+            } else if (v == inf) {
               o[g] = nan;
             } else {
               float dist = bias + v;

@@ -194,7 +194,9 @@ __device__ __forceinline__ RowInfo row_info(const KArgs& p, int64_t r) {
 
 __device__ __forceinline__ void flush(uint32_t* orow, int64_t g, float key, const RowInfo& ri) {
   float dist = fmaf(ri.qa, key, ri.qb);
-  dist = dist > 0.f ? dist : 0.f;  // also maps -0 and NaN to +0
+  // NaN or -inf here is a euclidean overflow (inf - inf, or q.m past the float range): +inf.
+  if (dist != dist || dist == -kInf) dist = kInf;
+  dist = dist > 0.f ? dist : 0.f;  // also maps -0 to +0
   atomicMin(orow + g, __float_as_uint(dist));
 }
 

@@ -228,19 +228,28 @@ def _fit_category(data, kwargs: dict, checkpoint_dir: Optional[Path] = None):
 
 
 def cmd_fit(args) -> int:
+    from ..locking import folder_lock
+
     kwargs = _model_kwargs(args)
     out = Path(args.out)
-    for data in _load_categories(args):
-        target = out / data.name
-        _say(f"fitting {data.summary()}")
-        start = time.perf_counter()
-        model = _fit_category(data, kwargs, checkpoint_dir=target / "checkpoint")
-        model.save(target)
-        _write_training_scores(model, data, target / "training_scores.csv")
-        n_flagged = int((~model.selected_).sum())
-        _say(f"  saved {target} in {time.perf_counter() - start:.0f} s; "
-                   f"{n_flagged} of {len(data.train)} training images not trusted; threshold {model.threshold_:.4f}")
+    datasets = _load_categories(args)
+    with folder_lock(out, "--out"):
+        for data in datasets:
+            _fit_and_save(data, kwargs, out)
     return 0
+
+
+def _fit_and_save(data, kwargs: dict, out: Path) -> None:
+    """One category: fit (checkpointed in <out>/<category>/checkpoint), save, write scores."""
+    target = out / data.name
+    _say(f"fitting {data.summary()}")
+    start = time.perf_counter()
+    model = _fit_category(data, kwargs, checkpoint_dir=target / "checkpoint")
+    model.save(target)
+    _write_training_scores(model, data, target / "training_scores.csv")
+    n_flagged = int((~model.selected_).sum())
+    _say(f"  saved {target} in {time.perf_counter() - start:.0f} s; "
+         f"{n_flagged} of {len(data.train)} training images not trusted; threshold {model.threshold_:.4f}")
 
 
 def _write_training_scores(model, data, path: Path) -> None:
@@ -258,7 +267,7 @@ def _write_training_scores(model, data, path: Path) -> None:
 
 
 def _resolve_model_dir(run: str, category: Optional[str]) -> Path:
-    from ..method.model import CONFIG_FILE
+    from ..method.persistence import CONFIG_FILE
 
     path = Path(run)
     if category:
@@ -268,8 +277,11 @@ def _resolve_model_dir(run: str, category: Optional[str]) -> Path:
     if not path.is_dir():
         raise CLIError(f"model folder not found: {path}")
     inside = sorted(p.name for p in path.iterdir() if (p / CONFIG_FILE).is_file())
+    if len(inside) == 1:
+        raise CLIError(f"{path} is a run folder with one category model ({inside[0]}); "
+                       f"choose it with --category {inside[0]}")
     if inside:
-        raise CLIError(f"{path} holds several category models ({', '.join(inside)}); choose one with --category")
+        raise CLIError(f"{path} holds {len(inside)} category models ({', '.join(inside)}); choose one with --category")
     raise CLIError(f"{path} holds no model (no {CONFIG_FILE}); train one with 'meds fit'")
 
 
@@ -289,6 +301,18 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def _check_same_training_files(model, data, model_dir: str) -> None:
+    """The model's per-image scores are only valid for the exact training files it saw."""
+    from ..method.fingerprint import fingerprint_mismatch, training_fingerprint
+
+    if model.training_files_ is None:
+        raise CLIError(f"--model {model_dir} records no training files (fitted from features); "
+                       "audit it by fitting here instead (drop --model)")
+    why = fingerprint_mismatch(model.training_files_, training_fingerprint(data.train_paths()))
+    if why is not None:
+        raise CLIError(f"--model {model_dir} was not trained on the training images of {data.name!r}: {why}")
+
+
 def cmd_audit(args) -> int:
     from .report import write_audit
     from ..method.model import MeDS
@@ -301,9 +325,7 @@ def cmd_audit(args) -> int:
         if args.model:
             model = MeDS.load(_resolve_model_dir(args.model, data.name if len(datasets) > 1 else None),
                               device=args.device, verbose=not args.quiet)
-            if len(model.training_scores_) != len(data.train):
-                raise CLIError(f"--model was trained on {len(model.training_scores_)} images, "
-                               f"but {data.name!r} has {len(data.train)}")
+            _check_same_training_files(model, data, args.model)
         else:
             _say(f"fitting {data.summary()}")
             model = _fit_category(data, kwargs)

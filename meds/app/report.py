@@ -412,8 +412,8 @@ def write_prediction_outputs(
     Args:
         paths: ``N`` image paths (written to the CSV as given).
         scores: ``(N,)`` image scores.
-        labels: ``(N,)`` predicted labels (bool/int); ``None`` = ``score > threshold`` if a
-            threshold is given, else left empty.
+        labels: ``(N,)`` predicted labels (bool/int); ``None`` = ``score > threshold`` (NaN
+            counts as above) if a threshold is given, else left empty.
         maps: ``N`` float maps (any size; resized to the image) or ``None`` for no PNGs;
             individual ``None`` entries are skipped.
         images: ``N`` ``(H, W, 3)`` uint8 arrays, PIL images, or ``None`` entries (then the
@@ -437,7 +437,7 @@ def write_prediction_outputs(
         if value is not None and len(value) != n:
             raise ValueError(f"write_prediction_outputs: {arg} must have length {n} (len(paths)), got {len(value)}")
     if labels is None and threshold is not None:
-        labels = scores > float(threshold)
+        labels = ~(scores <= float(threshold))  # a NaN score is never labelled good
 
     rows = []
     for i in range(n):

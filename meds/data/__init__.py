@@ -103,7 +103,7 @@ def detect_format(root: str | Path) -> str:
     raise ValueError(
         f"detect_format: cannot tell the layout of {str(r)!r}; expected MVTec (<cat>/train/good), "
         f"VisA (split_csv/1cls.csv), Real-IAD (realiad_jsons/) or a plain folder (good/, train/ or "
-        f"images); pass format= explicitly"
+        f"images); name the layout with format= (--format on the command line)"
     )
 
 

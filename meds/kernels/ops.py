@@ -186,10 +186,13 @@ def _index_array(x: Any, kind: _Kind, fn: str, name: str, ndim: int):
                 )
             if x.dtype == torch.bool or x.is_floating_point() or x.is_complex():
                 raise TypeError(f"{fn}: argument '{name}' must have an integer dtype, got {x.dtype}")
+            if x.dtype == torch.uint64:
+                _check_int64_range(x.cpu().numpy(), fn, name)
         else:
             arr = np.asarray(x)
             if arr.dtype.kind not in "iu":
                 raise TypeError(f"{fn}: argument '{name}' must have an integer dtype, got {arr.dtype}")
+            _check_int64_range(arr, fn, name)
             x = torch.as_tensor(arr.astype(np.int64, copy=False), device=kind.device)
         if x.ndim != ndim:
             raise ValueError(f"{fn}: argument '{name}' must be {ndim}-D, got shape {tuple(x.shape)}")
@@ -201,7 +204,14 @@ def _index_array(x: Any, kind: _Kind, fn: str, name: str, ndim: int):
         raise TypeError(f"{fn}: argument '{name}' must have an integer dtype, got {arr.dtype}")
     if arr.ndim != ndim:
         raise ValueError(f"{fn}: argument '{name}' must be {ndim}-D, got shape {arr.shape}")
+    _check_int64_range(arr, fn, name)
     return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def _check_int64_range(arr: np.ndarray, fn: str, name: str) -> None:
+    """uint64 ids past the int64 range would wrap to negative ones in the conversion."""
+    if arr.dtype == np.uint64 and arr.size and int(arr.max()) > np.iinfo(np.int64).max:
+        raise ValueError(f"{fn}: argument '{name}' must hold ids below 2**63, got {int(arr.max())}")
 
 
 def _minmax(x: Any, kind: _Kind):
@@ -228,7 +238,7 @@ class _Problem:
     """Validated inputs of one group-min computation, ready for the kernel."""
 
     def __init__(self, fn, queries, memory, groups, n_groups, metric, query_groups, exclude_self,
-                 precision, extra_max_id: Optional[int] = None):
+                 precision, extra_max_id: Optional[int] = None, bound_note: str = ""):
         kind = _Kind(queries, fn, "queries")
         _check_float(queries, kind, fn, "queries")
         _check_float(memory, kind, fn, "memory")
@@ -267,7 +277,7 @@ class _Problem:
         n_groups = _check_int(n_groups, fn, "n_groups", 1)
         if nm > 0 and (lo < 0 or hi >= n_groups):
             bad = lo if lo < 0 else hi
-            raise ValueError(f"{fn}: argument 'groups' must hold ids in [0, {n_groups}), got {bad}")
+            raise ValueError(f"{fn}: argument 'groups' must hold ids in [0, {n_groups}), got {bad}{bound_note}")
 
         if exclude_self and query_groups is None:
             raise ValueError(f"{fn}: argument 'query_groups' must be given when exclude_self=True, got None")
@@ -381,7 +391,11 @@ def _prepare_banks(banks, kind: _Kind, fn: str, n_groups: Optional[int]):
         is_int = not is_bool and not banks.is_floating_point() and not banks.is_complex()
         shape = tuple(banks.shape)
     else:
-        banks = np.asarray(banks)
+        try:
+            banks = np.asarray(banks)
+        except ValueError:  # numpy refuses ragged nested sequences
+            raise ValueError(f"{fn}: argument 'banks' must be (B, m) ids or a (B, G) bool mask, got rows of "
+                             "different lengths") from None
         is_bool = banks.dtype == np.bool_
         is_int = banks.dtype.kind in "iu"
         shape = banks.shape
@@ -500,8 +514,9 @@ def ensemble_distance(queries, memory, groups, banks, *, metric="cosine", query_
         extra = None
     else:
         extra = g_or_max
+    note = f" (G = {n_groups} is the width of the bool mask 'banks', one column per group)" if is_mask else ""
     prob = _Problem(fn, queries, memory, groups, n_groups, metric, query_groups, exclude_self, precision,
-                    extra_max_id=extra)
+                    extra_max_id=extra, bound_note=note)
     G = prob.n_groups
     if not is_mask and g_or_max >= G:
         raise ValueError(f"{fn}: argument 'banks' must hold group ids in [0, {G}), got {g_or_max}")
@@ -542,7 +557,8 @@ def sample_banks(n_groups, n_banks=100, ratio=0.1, *, replace=True, seed=0):
             (see :func:`bank_size`).
         replace: Draw with replacement (the official code; ids may repeat within a bank)
             or without (``m <= G`` distinct ids).
-        seed: Seed of a ``numpy.random.Generator`` (no global RNG is touched).
+        seed: Non-negative int seed of a ``numpy.random.Generator`` (no global RNG is
+            touched).
 
     Returns:
         ``(B, m)`` int64 numpy array of group ids.
@@ -554,6 +570,7 @@ def sample_banks(n_groups, n_banks=100, ratio=0.1, *, replace=True, seed=0):
         raise TypeError(f"{fn}: argument 'ratio' must be a float in (0, 1], got {type(ratio).__name__}")
     if not (0.0 < float(ratio) <= 1.0):
         raise ValueError(f"{fn}: argument 'ratio' must be in (0, 1], got {ratio}")
+    seed = _check_int(seed, fn, "seed", 0)
     m = bank_size(n_groups, float(ratio))
     rng = np.random.default_rng(seed)
     if replace:

@@ -29,7 +29,8 @@ class Prediction:
     Attributes:
         scores: ``(N,)`` image anomaly scores (higher = more anomalous).
         maps: ``N`` pixel maps, each ``(H_i, W_i)`` at its image's own size.
-        labels: ``(N,)`` bool, ``scores > threshold``.
+        labels: ``(N,)`` bool, ``scores > threshold``; a NaN score is labelled anomalous
+            (never good).
         threshold: The image-score threshold used for ``labels``.
     """
 
@@ -277,4 +278,6 @@ class PatchDetector:
             if return_maps:
                 maps.extend(resize_map(m, a.shape[:2]) for m, a in zip(batch_maps.cpu().numpy(), arrays))
         scores = np.concatenate(scores).astype(np.float64)
-        return Prediction(scores=scores, maps=maps, labels=scores > self.threshold_, threshold=float(self.threshold_))
+        # `not <=` rather than `>`: a NaN score (a broken model or input) is never labelled good.
+        labels = ~(scores <= self.threshold_)
+        return Prediction(scores=scores, maps=maps, labels=labels, threshold=float(self.threshold_))

@@ -15,6 +15,7 @@ the image scores of the training images the final selection trusted.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -26,19 +27,18 @@ import numpy as np
 import torch
 
 from .. import __version__
-from .detector import ImageLike, PatchDetector, resolve_device
-from ..atomic_io import load_json, load_tensors, save_json, save_tensors
+from .detector import ImageLike, PatchDetector
+from ..locking import folder_lock
 from .memory import BankCount, check_bank_count, memory_scores, nearest_neighbour_scores
 from .scoring import robust_centre_scale, robust_threshold, top_fraction_mean
 from .network import NETWORK_PRESETS, NetworkConfig, ReconstructionNetwork
+from .fingerprint import training_fingerprint
+from .persistence import load_model, save_model
 from .train import Checkpointer, StepCallback, TrainConfig, distill, patch_scores, progressive_selection
 from .trusted import PatchMemory, image_coreset, leave_one_out_distance, select_trusted
 
 #: The final detectors :class:`MeDS` can score test images with (see its docstring).
 FINAL_DETECTORS = ("reconstruction", "memory", "fusion")
-
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 
 
 def _network_config(network: Union[str, NetworkConfig, dict]) -> NetworkConfig:
@@ -99,6 +99,9 @@ class MeDS(PatchDetector):
         memory_bank_: ``(M, D)`` the trusted patches of the memory detector.
         fusion_stats_: ``{"reconstruction": [centre, scale], "memory": [...]}``.
         thresholds_: Label threshold of each final detector.
+        training_files_: Fingerprint of the training images (name, size and sha256 of
+            each, in order; see :mod:`~meds.method.fingerprint`); ``None`` after
+            :meth:`fit_features`.
         memory_scores_: ``(N,)`` stage-1 image scores (top-1% mean of the patch scores).
         distilled_network_: The stage-2 network (``theta_0``; not saved by :meth:`save`).
         distilled_scores_: ``(N,)`` its image scores on the training set.
@@ -163,6 +166,7 @@ class MeDS(PatchDetector):
         self.memory_bank_: Optional[torch.Tensor] = None
         self.fusion_stats_: dict = {}
         self.thresholds_: dict = {}
+        self.training_files_: Optional[dict] = None
 
     def get_config(self) -> dict:
         """Every constructor argument, JSON-serialisable (what :meth:`save` writes)."""
@@ -198,13 +202,20 @@ class MeDS(PatchDetector):
         Args:
             images: Paths, arrays or PIL images, all of one size.
             checkpoint_dir: Folder for checkpoints; if it holds one of the same data and
-                settings, training resumes from it.
+                settings, training resumes from it. It is locked while the fit runs: a
+                second process fitting into it fails at once (:mod:`meds.locking`).
             callback: ``callback(stage, step, total, loss)`` after every training step.
 
         Returns:
             ``self``.
         """
-        return self.fit_features(self.training_features(images), checkpoint_dir=checkpoint_dir, callback=callback)
+        # Locked before the encoder runs, so a second writer fails at once.
+        with folder_lock(checkpoint_dir, "MeDS.fit") if checkpoint_dir is not None else contextlib.nullcontext():
+            features = self.training_features(images)
+            fingerprint = training_fingerprint(images)  # after the checks of training_features
+            self.fit_features(features, checkpoint_dir=checkpoint_dir, callback=callback)
+        self.training_files_ = fingerprint
+        return self
 
     def fit_features(
         self,
@@ -224,6 +235,14 @@ class MeDS(PatchDetector):
         """
         if self.grid_ is None or self.group_dims_ is None:
             raise RuntimeError("MeDS.fit_features: grid_ and group_dims_ are unset; use training_features() first")
+        if checkpoint_dir is None:
+            return self._fit_features(features, None, callback, memory)
+        with folder_lock(checkpoint_dir, "MeDS.fit"):
+            return self._fit_features(features, Path(checkpoint_dir), callback, memory)
+
+    def _fit_features(self, features: torch.Tensor, checkpoint_dir: Optional[Path],
+                      callback: Optional[StepCallback], memory: Optional[torch.Tensor]) -> "MeDS":
+        self.training_files_ = None
         features = features.to(self.device, torch.float32)
         fingerprint = {"data": _features_fingerprint(features), "config": self.get_config(), "version": __version__}
         checkpointer = Checkpointer(checkpoint_dir, json.loads(json.dumps(fingerprint)))
@@ -318,67 +337,26 @@ class MeDS(PatchDetector):
     # -- persistence -----------------------------------------------------------------
 
     def save(self, path: Union[str, Path]) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` into folder ``path`` (atomically).
+        """Write the model into folder ``path``: ``config.json`` + ``model.<hash>.safetensors``.
 
+        One atomic commit (:mod:`~meds.method.persistence`): interrupted at any point, the
+        folder still holds the previous model (or none), never a mix; the folder is locked
+        while it is written. A view from :meth:`with_final` saves with its final detector.
         The backbone's weights are not copied: they come from the embedded package, the
         hub cache, or the local file named in the config.
         """
         self._check_fitted()
-        path = Path(path)
-        tensors = {f"network.{k}": v for k, v in self.network_.state_dict().items()}
-        tensors["training_scores"] = torch.from_numpy(self.training_scores_)
-        tensors["selected"] = torch.from_numpy(self.selected_.astype(np.uint8))
-        tensors["memory_scores"] = torch.from_numpy(np.asarray(self.memory_scores_, dtype=np.float64))
-        tensors["trusted"] = torch.from_numpy(self.trusted_.astype(np.uint8))
-        tensors["memory_bank"] = self.memory_bank_
-        save_tensors(tensors, path / WEIGHTS_FILE)
-        save_json(
-            {
-                "meds_version": __version__,
-                "model": "MeDS",
-                "config": self.get_config(),
-                "fitted": {
-                    "threshold": self.threshold_,
-                    "thresholds": self.thresholds_,
-                    "fusion_stats": self.fusion_stats_,
-                    "grid": list(self.grid_),
-                    "group_dims": list(self.group_dims_),
-                    "history": [list(h) for h in self.history_],
-                },
-            },
-            path / CONFIG_FILE,
-        )
-        return path
+        return save_model(self, path)
 
     @classmethod
     def load(cls, path: Union[str, Path], *, device: str = "auto", verbose: bool = True) -> "MeDS":
-        """Load a model written by :meth:`save` (no pickle involved)."""
-        path = Path(path)
-        if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
-            raise FileNotFoundError(f"MeDS.load: {path} does not hold {CONFIG_FILE} and {WEIGHTS_FILE}")
-        saved = load_json(path / CONFIG_FILE)
-        config = dict(saved["config"])
-        config["network"] = NetworkConfig(**config["network"])
-        config["train"] = TrainConfig(**config["train"])
-        backbone = config.pop("backbone")
-        model = cls(backbone, device=device, verbose=verbose, **config)
-        fitted = saved["fitted"]
-        model.threshold_ = float(fitted["threshold"])
-        model.grid_ = tuple(fitted["grid"])
-        model.group_dims_ = tuple(fitted["group_dims"])
-        model.history_ = [tuple(h) for h in fitted["history"]]
-        tensors = load_tensors(path / WEIGHTS_FILE, resolve_device(device))
-        network = ReconstructionNetwork(model.group_dims_, model.network_config).to(model.device)
-        network.load_state_dict({k[len("network."):]: v for k, v in tensors.items() if k.startswith("network.")})
-        model.network_ = network.eval()
-        model.training_scores_ = tensors["training_scores"].cpu().numpy()
-        model.selected_ = tensors["selected"].cpu().numpy().astype(bool)
-        model.memory_scores_ = tensors["memory_scores"].cpu().numpy()
-        model.trusted_ = tensors["trusted"].cpu().numpy().astype(bool)
-        model.memory_bank_ = tensors["memory_bank"].to(model.device, torch.float32).contiguous()
-        model.thresholds_ = {k: float(v) for k, v in fitted["thresholds"].items()}
-        model.fusion_stats_ = {k: [float(x) for x in v] for k, v in fitted["fusion_stats"].items()}
-        return model
+        """Load a model written by :meth:`save` (no pickle involved).
+
+        Every file, key and tensor is checked first; a missing, truncated or edited one,
+        non-finite weights, or a folder written by a newer meds raise
+        :class:`~meds.atomic_io.CorruptFileError` (a ``ValueError``) naming the file and key.
+        """
+        return load_model(cls, path, device=device, verbose=verbose)
 
 
 def _renumber(ids: torch.Tensor) -> torch.Tensor:

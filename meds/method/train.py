@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..atomic_io import load_json, load_tensors, save_json, save_tensors
+from ..atomic_io import CorruptFileError, commit_bundle, load_tensors, read_bundle, remove_stale
 from .network import ReconstructionNetwork
 from .scoring import top_fraction_mean
 
@@ -141,9 +142,17 @@ def selection_mask(eta: torch.Tensor, k: float, progress: float) -> torch.Tensor
 class Checkpointer:
     """Saves and restores training state in a folder (safetensors + JSON, atomic).
 
+    Each state (``memory_scores``, ``train_state``) is one bundle
+    (:func:`meds.atomic_io.commit_bundle`): ``<name>.json`` holds the step, the stage, the
+    fingerprint and the checksum of ``<name>.<hash>.safetensors``, and its rename commits
+    the save. Killed at any point, the folder holds the previous state or the new one,
+    whole: never the JSON of one step with the tensors of another. A state whose files
+    fail their checksum is ignored with a warning. Files left by an interrupted save are
+    removed when a Checkpointer opens the folder; the caller holds the folder's lock
+    (:meth:`MeDS.fit <meds.method.model.MeDS.fit>` does).
+
     Args:
-        folder: Where ``train_state.safetensors`` / ``train_state.json`` live; ``None``
-            disables checkpointing.
+        folder: Where the states live; ``None`` disables checkpointing.
         fingerprint: Describes the data and settings; a checkpoint with another
             fingerprint is ignored (a fresh run starts instead of resuming the wrong one).
     """
@@ -151,28 +160,35 @@ class Checkpointer:
     def __init__(self, folder: Optional[Path], fingerprint: dict):
         self.folder = Path(folder) if folder is not None else None
         self.fingerprint = fingerprint
-
-    def _paths(self, name: str) -> tuple[Path, Path]:
-        return self.folder / f"{name}.safetensors", self.folder / f"{name}.json"
+        if self.folder is not None and self.folder.is_dir():
+            remove_stale(self.folder, [p.name for p in self.folder.glob("*.json")])
 
     def save(self, name: str, tensors: dict, meta: dict) -> None:
         if self.folder is None:
             return
-        tensor_path, meta_path = self._paths(name)
-        save_tensors(tensors, tensor_path)
-        # The JSON goes last: it names the tensors file's content, so it is the commit mark.
-        save_json({"fingerprint": self.fingerprint, **meta}, meta_path)
+        commit_bundle(self.folder, f"{name}.json", {"fingerprint": self.fingerprint, **meta}, {name: tensors})
 
-    def load(self, name: str, device) -> Optional[tuple[dict, dict]]:
+    def _read(self, name: str) -> Optional[tuple[dict, Path]]:
+        """The verified manifest and tensor file of a state of this fingerprint, if any."""
         if self.folder is None:
             return None
-        tensor_path, meta_path = self._paths(name)
-        if not (tensor_path.exists() and meta_path.exists()):
+        try:
+            meta, files = read_bundle(self.folder, f"{name}.json", "Checkpointer")
+        except FileNotFoundError:
             return None
-        meta = load_json(meta_path)
-        if meta.get("fingerprint") != self.fingerprint:
+        except CorruptFileError as error:
+            warnings.warn(f"{error}; ignoring this checkpoint", RuntimeWarning, stacklevel=3)
             return None
-        return load_tensors(tensor_path, device), meta
+        if meta.get("fingerprint") != self.fingerprint or name not in files:
+            return None
+        return meta, files[name]
+
+    def load(self, name: str, device) -> Optional[tuple[dict, dict]]:
+        found = self._read(name)
+        if found is None:
+            return None
+        meta, path = found
+        return load_tensors(path, device), meta
 
     def save_training(self, stage: str, step: int, network, optimizer, extra: Optional[dict] = None) -> None:
         tensors = {f"net.{k}": v for k, v in network.state_dict().items()}
@@ -185,10 +201,8 @@ class Checkpointer:
 
     def training_stage(self) -> Optional[str]:
         """The stage of the saved training state (``"distill"``/``"finetune"``), if any."""
-        if self.folder is None or not (self.folder / "train_state.json").exists():
-            return None
-        meta = load_json(self.folder / "train_state.json")
-        return meta["stage"] if meta.get("fingerprint") == self.fingerprint else None
+        found = self._read("train_state")
+        return None if found is None else found[0].get("stage")
 
     def load_training(self, stage: str, network, optimizer, device) -> Optional[tuple[int, dict]]:
         """Restore ``network`` and ``optimizer`` from a state saved in ``stage``.
