@@ -324,6 +324,34 @@ int cuda_device_count() noexcept {
   return n;
 }
 
+IdCheck find_group_id_out_of_range_cuda(const int64_t* ids, int64_t n, int64_t n_groups,
+                                        int device, void* stream) {
+  IdCheck r;
+  if (n == 0) return r;
+  DeviceGuard guard(device);
+  const cudaStream_t st = static_cast<cudaStream_t>(stream);
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  MEDS_CUDA_CHECK(cudaStreamIsCapturing(st, &capture));
+  if (capture != cudaStreamCaptureStatusNone) {
+    r.checked = false;  // nothing can be read back to the host during capture
+    return r;
+  }
+  Workspace ws(sizeof(unsigned long long), device, st);
+  auto* first = reinterpret_cast<unsigned long long*>(ws.get());
+  MEDS_CUDA_CHECK(cudaMemsetAsync(first, 0xFF, sizeof(unsigned long long), st));  // none found
+  launch_find_bad_id(ids, n, n_groups, first, st);
+  unsigned long long found = 0;
+  MEDS_CUDA_CHECK(cudaMemcpyAsync(&found, first, sizeof(found), cudaMemcpyDeviceToHost, st));
+  MEDS_CUDA_CHECK(cudaStreamSynchronize(st));
+  if (found != ~0ull) {
+    r.index = static_cast<int64_t>(found);
+    MEDS_CUDA_CHECK(
+        cudaMemcpyAsync(&r.id, ids + r.index, sizeof(r.id), cudaMemcpyDeviceToHost, st));
+    MEDS_CUDA_CHECK(cudaStreamSynchronize(st));
+  }
+  return r;
+}
+
 void group_min_distance_cuda(const GroupMinArgs& a) {
   const TcMode tc_mode = tc_mode_from_env();  // throws on a bad MEDS_CUDA_TC, before any work
   g_last_kernel.store(static_cast<int>(Kernel::None));

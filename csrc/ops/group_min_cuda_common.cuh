@@ -90,6 +90,7 @@ __device__ __forceinline__ void tile_coords(int64_t t, int64_t tiles_m, int64_t 
 struct RowInfo {
   float qa, qb;
   int64_t qg;
+  int64_t n_groups;  // bound of the group ids that flush() writes
 };
 
 __device__ __forceinline__ RowInfo row_info(const KArgs& p, int64_t r) {
@@ -103,10 +104,14 @@ __device__ __forceinline__ RowInfo row_info(const KArgs& p, int64_t r) {
     ri.qb = n2;
   }
   ri.qg = p.qgroups ? p.qgroups[r] : kNoGroup;
+  ri.n_groups = p.G;
   return ri;
 }
 
 __device__ __forceinline__ void flush(uint32_t* orow, int64_t g, float key, const RowInfo& ri) {
+  // An id outside [0, G) is never written. validate() rejects such ids before the launch,
+  // except while the stream is captured into a CUDA graph (device memory cannot be read then).
+  if (static_cast<uint64_t>(g) >= static_cast<uint64_t>(ri.n_groups)) return;
   float dist = fmaf(ri.qa, key, ri.qb);
   dist = dist > 0.f ? dist : 0.f;  // also maps -0 and NaN to +0
   atomicMin(orow + g, __float_as_uint(dist));

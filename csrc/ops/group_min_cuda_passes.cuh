@@ -1,6 +1,7 @@
-// The memory-bound passes around the fused kernel of group_min on CUDA: the row pass before it
-// (squared norms, optional packed copy in the compute type) and the finalize pass after it.
-// Included only by group_min_cuda.cu, after group_min_cuda_common.cuh.
+// The memory-bound passes of group_min on CUDA: the range check of the group ids (run by
+// validate(), before any other work), the row pass before the fused kernel (squared norms,
+// optional packed copy in the compute type) and the finalize pass after it. Included only by
+// group_min_cuda.cu, after group_min_cuda_common.cuh.
 #pragma once
 
 #include <cstdint>
@@ -11,6 +12,20 @@
 
 namespace meds {
 namespace {
+
+// *first = min(*first, smallest index i with ids[i] outside [0, n_groups)). Grid-stride: a
+// thread stops at its first hit, every later index of its stride is larger.
+__global__ void __launch_bounds__(256) find_bad_id_kernel(const int64_t* __restrict__ ids,
+                                                          int64_t n, int64_t n_groups,
+                                                          unsigned long long* __restrict__ first) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    if (static_cast<uint64_t>(ids[i]) >= static_cast<uint64_t>(n_groups)) {
+      atomicMin(first, static_cast<unsigned long long>(i));
+      return;
+    }
+  }
+}
 
 // Row norms (+ optional packed copy). One warp per row, grid-stride over rows.
 template <typename InT, int CT>
@@ -89,6 +104,12 @@ void launch_prep(DType dt, int ct, const void* in, int64_t n, int64_t stride, in
   }
 }
 
+
+void launch_find_bad_id(const int64_t* ids, int64_t n, int64_t n_groups,
+                        unsigned long long* first, cudaStream_t st) {
+  find_bad_id_kernel<<<grid_for(n, 256, 4096), 256, 0, st>>>(ids, n, n_groups, first);
+  MEDS_CUDA_CHECK_LAUNCH("find_bad_id_kernel");
+}
 
 void launch_finalize(float* out, int64_t total, bool take_sqrt, cudaStream_t st) {
   finalize_kernel<<<grid_for(total, 256, 65536), 256, 0, st>>>(out, total, take_sqrt);
