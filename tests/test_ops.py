@@ -568,6 +568,26 @@ def test_cpp_gate_accepts_any_query_group():
     assert np.isnan(out[2, 1]) and not np.isnan(out[:2]).any()
 
 
+@pytest.mark.parametrize("value,accepted", [(None, "auto"), ("", "auto"), ("auto", "auto"), ("mma", "mma"),
+                                            ("wgmm", None), ("WGMMA", None), ("wgmma", "wgmma?")])
+def test_build_info_reports_only_accepted_tc_settings(monkeypatch, value, accepted):
+    """cuda_tc is the MEDS_CUDA_TC setting the kernels accept; a rejected one is None with the
+    reason in cuda_tc_error. wgmma is accepted only where a visible device can run it."""
+    if value is None:
+        monkeypatch.delenv("MEDS_CUDA_TC", raising=False)
+    else:
+        monkeypatch.setenv("MEDS_CUDA_TC", value)
+    if accepted == "wgmma?":
+        runs = any(_C.cuda_wgmma_status(dev) == "ok" for dev in range(_C.cuda_device_count()))
+        accepted = "wgmma" if runs else None
+    info = ops.build_info()
+    assert info["cuda_tc"] == accepted
+    if accepted is None:
+        assert "MEDS_CUDA_TC" in info["cuda_tc_error"] and value in info["cuda_tc_error"]
+    else:
+        assert info["cuda_tc_error"] is None
+
+
 def test_build_info():
     info = ops.build_info()
     for key in ("cuda", "cuda_archs", "openmp", "simd_compiled", "simd_selected", "compiler", "version"):

@@ -508,16 +508,24 @@ def test_wgmma_kernel_runs_on_hopper(monkeypatch):
             assert _C.cuda_last_kernel() == want, (env, precision)
 
 
-def test_wgmma_request_falls_back_where_unavailable(monkeypatch):
+def test_wgmma_request_fails_where_unavailable(monkeypatch):
+    """MEDS_CUDA_TC=wgmma asks for the wgmma kernel: where it cannot run, a tensor-core call
+    fails (no silent fallback) and build_info() does not report the setting."""
     if wgmma_status() == "ok":
         pytest.skip("the wgmma kernel is available here")
-    if torch.cuda.get_device_capability()[0] < 8:
-        pytest.skip("no tensor-core kernel below sm_80")
     monkeypatch.setenv("MEDS_CUDA_TC", "wgmma")
     q, m, g = make(50, 300, 32, 2, seed=42)
-    out = meds.group_min_distance(q, m, g, 2, precision="bf16")
-    assert _C.cuda_last_kernel() == "mma"
-    assert_close_distances(out, ref_group_min(q, m, g, 2, "cosine"), q, m, "cosine", "bf16")
+    for precision in ("tf32", "bf16"):
+        with pytest.raises(RuntimeError, match="MEDS_CUDA_TC=wgmma"):
+            meds.group_min_distance(q, m, g, 2, precision=precision)
+        assert _C.cuda_last_kernel() == "none"
+    # fp32 runs the SIMT kernel whatever MEDS_CUDA_TC says.
+    out = meds.group_min_distance(q, m, g, 2)
+    assert _C.cuda_last_kernel() == "simt"
+    assert_close_distances(out, ref_group_min(q, m, g, 2, "cosine"), q, m, "cosine", "fp32")
+    if torch.cuda.device_count() == 1:
+        info = meds.build_info()
+        assert info["cuda_tc"] is None and wgmma_status() in info["cuda_tc_error"]
 
 
 def test_bad_tc_env_raises(monkeypatch):

@@ -21,9 +21,10 @@
 //        - wgmma (group_min_cuda_wgmma.cuh): the same precisions on Hopper (cc 9.0, only when
 //          the sm_90a code is compiled in and loaded): wgmma + TMA, warp-specialised.
 //      The environment variable MEDS_CUDA_TC=auto|mma|wgmma (read at every call; unset =
-//      auto) chooses between the two tensor-core kernels: auto and wgmma use the wgmma kernel
-//      where it is available and fall back to mma.sync elsewhere; mma always uses mma.sync.
-//      cuda_last_group_min_kernel() reports which kernel the latest call launched.
+//      auto) chooses between the two tensor-core kernels: auto uses the wgmma kernel where
+//      it can run and mma.sync elsewhere, mma always mma.sync, wgmma always wgmma (a call it
+//      cannot run fails). cuda_last_group_min_kernel() reports which kernel the latest call
+//      launched.
 //      Epilogue (group_min_cuda_common.cuh): when every column of the tile belongs to one
 //      group (the normal case: a group is one image's ~784 contiguous patches) each thread
 //      reduces its registers, a few warp shuffles finish the row minimum, one atomic per row
@@ -122,21 +123,6 @@ size_t align_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
 
 // ------------------------------------------------------------------------------------------
 // Kernel choice.
-enum class TcMode { Auto, Mma, Wgmma };
-
-// MEDS_CUDA_TC: unset, "" or "auto" -> Auto; "mma"; "wgmma". Anything else is an error (a typo
-// must not silently benchmark the wrong kernel).
-TcMode tc_mode_from_env() {
-  const char* v = std::getenv("MEDS_CUDA_TC");
-  if (v == nullptr || *v == '\0' || std::strcmp(v, "auto") == 0) return TcMode::Auto;
-  if (std::strcmp(v, "mma") == 0) return TcMode::Mma;
-  if (std::strcmp(v, "wgmma") == 0) return TcMode::Wgmma;
-  throw std::invalid_argument(
-      std::string("group_min_distance: environment variable MEDS_CUDA_TC must be 'auto', "
-                  "'mma' or 'wgmma', got '") +
-      v + "'");
-}
-
 // The fused kernel of a call (also what cuda_last_group_min_kernel() reports).
 enum class Kernel : int { None = 0, Simt = 1, Mma = 2, Wgmma = 3 };
 std::atomic<int> g_last_kernel{static_cast<int>(Kernel::None)};
@@ -179,11 +165,29 @@ Plan plan(const GroupMinArgs& a, TcMode mode, const std::string& wgmma_refused) 
   p.es = (p.ct == kF32 || p.ct == kTF32) ? 4 : 2;
   // Hopper wgmma kernel? Only for tensor-core compute types, when MEDS_CUDA_TC allows it, the
   // device is cc 9.0, the loaded binary holds the real sm_90a kernel and the sizes fit the
-  // TMA's 32-bit coordinates. Anything else: the mma.sync kernel.
-  const int64_t kLim = (int64_t{1} << 31) - 1024;
-  const bool use_wg = p.ct != kF32 && mode != TcMode::Mma && wgmma_refused.empty() &&
-                      a.nq < kLim && a.nm < kLim && a.d < kLim / 4 &&
-                      wgmma_unavailable(a.device, p.ct).empty();
+  // TMA's 32-bit coordinates. Anything else: the mma.sync kernel, or an error when
+  // MEDS_CUDA_TC=wgmma asks for wgmma.
+  std::string why_not_wg;  // empty: the wgmma kernel can run this call
+  if (p.ct == kF32) {
+    if (mode == TcMode::Wgmma && a.precision != Precision::Fp32) {  // only for the message
+      why_not_wg = wgmma_unavailable(a.device, kTF32);
+      if (why_not_wg.empty()) why_not_wg = "the device runs no tensor-core kernel";
+    }
+  } else if (!wgmma_refused.empty()) {
+    why_not_wg = wgmma_refused;
+  } else if (mode != TcMode::Mma) {
+    const int64_t kLim = (int64_t{1} << 31) - 1024;
+    why_not_wg = a.nq < kLim && a.nm < kLim && a.d < kLim / 4
+                     ? wgmma_unavailable(a.device, p.ct)
+                     : "the sizes exceed the 32-bit coordinates of its tensor maps";
+  }
+  const bool use_wg = p.ct != kF32 && mode != TcMode::Mma && why_not_wg.empty();
+  if (mode == TcMode::Wgmma && a.precision != Precision::Fp32 && !use_wg) {
+    throw std::runtime_error(
+        "group_min_distance: MEDS_CUDA_TC=wgmma, but the wgmma kernel cannot run this call on "
+        "cuda:" + std::to_string(a.device) + ": " + why_not_wg +
+        " (unset MEDS_CUDA_TC or set it to 'auto' or 'mma')");
+  }
   p.kernel = p.ct == kF32 ? Kernel::Simt : use_wg ? Kernel::Wgmma : Kernel::Mma;
 
   const DType native =
@@ -353,18 +357,18 @@ IdCheck find_group_id_out_of_range_cuda(const int64_t* ids, int64_t n, int64_t n
 }
 
 void group_min_distance_cuda(const GroupMinArgs& a) {
-  const TcMode tc_mode = tc_mode_from_env();  // throws on a bad MEDS_CUDA_TC, before any work
+  const TcMode tc_mode = cuda_tc_mode_from_env();  // throws on a bad value, before any work
   g_last_kernel.store(static_cast<int>(Kernel::None));
   if (a.nq == 0) return;
   DeviceGuard guard(a.device);
   const cudaStream_t st = static_cast<cudaStream_t>(a.stream);
   const int64_t total_out = a.nq * a.n_groups;
 
-  MEDS_CUDA_CHECK(cudaMemsetAsync(a.out, 0xFF, static_cast<size_t>(total_out) * sizeof(float), st));
   Plan p = plan(a, tc_mode, std::string());
+  MEDS_CUDA_CHECK(cudaMemsetAsync(a.out, 0xFF, static_cast<size_t>(total_out) * sizeof(float), st));
   if (p.kernel != Kernel::None && !run_plan(a, p, st)) {
-    // Should the driver refuse a tensor map, the mma.sync kernel runs (it accepts every
-    // layout used here).
+    // The driver refused a tensor map of the wgmma kernel: plan again without it (mma.sync,
+    // or the error MEDS_CUDA_TC=wgmma asks for).
     p = plan(a, tc_mode, "the driver refused its tensor maps");
     run_plan(a, p, st);
   }
