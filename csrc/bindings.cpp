@@ -1,6 +1,7 @@
 // pybind11 module meds._C: the only Python-facing C++ code. Arrays arrive as raw numbers
 // (data pointer, sizes, strides in elements, dtype code, device ordinal, CUDA stream); the
-// Python side (meds/kernels/ops.py) allocates the output. The GIL is released around the kernels.
+// Python side (meds/kernels/ops.py) allocates the output. The GIL is released around the
+// kernels.
 // No libtorch: the extension links only the C++ runtime, OpenMP and (optionally) cudart.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -172,7 +173,7 @@ py::dict build_info() {
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "meds C++/CUDA kernels (raw-pointer interface; use meds.ops instead)";
+  m.doc() = "meds C++/CUDA kernels (raw-pointer interface; use meds.kernels.ops instead)";
 
   // meds::TypeError -> TypeError; std::invalid_argument -> ValueError (pybind11's default);
   // std::bad_alloc -> MemoryError; other std::exception -> RuntimeError.
