@@ -1,12 +1,12 @@
 // pybind11 module meds._C: the only Python-facing C++ code. Arrays arrive as raw numbers
 // (data pointer, sizes, strides in elements, dtype code, device ordinal, CUDA stream); the
-// Python side (meds/ops.py) allocates the output. The GIL is released around the kernels.
+// Python side (meds/kernels/ops.py) allocates the output. The GIL is released around the
+// kernels.
 // No libtorch: the extension links only the C++ runtime, OpenMP and (optionally) cudart.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include <cstdint>
-#include <cstdlib>
 #include <new>
 #include <stdexcept>
 #include <string>
@@ -84,6 +84,7 @@ std::vector<std::string> split_commas(const std::string& s) {
   return out;
 }
 
+#ifdef MEDS_WITH_CUDA
 // Whether an sm_90a target ("90a", "90a-real", "sm_90a", ...) is in the compiled arch list:
 // the Hopper wgmma kernel exists only then.
 bool has_sm90a(const std::vector<std::string>& archs) {
@@ -92,6 +93,36 @@ bool has_sm90a(const std::vector<std::string>& archs) {
     if (at != std::string::npos && (at == 0 || a[at - 1] == '_')) return true;
   }
   return false;
+}
+#endif
+
+// Why the kernels would reject the current MEDS_CUDA_TC, empty if they accept it: a value
+// other than auto|mma|wgmma, or wgmma where no visible device can run the wgmma kernel.
+std::string tc_setting_error(bool sm90a_compiled) {
+  meds::TcMode mode;
+  try {
+    mode = meds::cuda_tc_mode_from_env();
+  } catch (const std::invalid_argument& e) {
+    return e.what();
+  }
+  if (mode != meds::TcMode::Wgmma) return std::string();
+  const std::string prefix = "MEDS_CUDA_TC=wgmma, but the wgmma kernel cannot run here: ";
+  if (!sm90a_compiled) {
+#ifdef MEDS_WITH_CUDA
+    return prefix + "this build of meds has no sm_90a code";
+#else
+    return prefix + "this build of meds has no CUDA support";
+#endif
+  }
+  const int n = meds::cuda_device_count();
+  if (n == 0) return prefix + "no CUDA device is visible";
+  std::string first_reason;
+  for (int dev = 0; dev < n; ++dev) {
+    const std::string status = meds::cuda_wgmma_status(dev);
+    if (status == "ok") return std::string();
+    if (dev == 0) first_reason = "cuda:0: " + status;
+  }
+  return prefix + first_reason;
 }
 
 py::dict build_info() {
@@ -103,18 +134,26 @@ py::dict build_info() {
 #else
   const std::vector<std::string> archs;
 #endif
+  const bool sm90a = has_sm90a(archs);
   info["cuda_archs"] = archs;
-  info["cuda_sm90a"] = has_sm90a(archs);
+  info["cuda_sm90a"] = sm90a;
   info["cuda_runtime_version"] = CUDART_VERSION;
 #else
   info["cuda"] = false;
+  const bool sm90a = false;
   info["cuda_archs"] = std::vector<std::string>{};
-  info["cuda_sm90a"] = false;
+  info["cuda_sm90a"] = sm90a;
   info["cuda_runtime_version"] = py::none();
 #endif
-  // Tensor-core kernel choice in effect (MEDS_CUDA_TC=auto|mma|wgmma, unset = auto).
-  const char* tc = std::getenv("MEDS_CUDA_TC");
-  info["cuda_tc"] = std::string(tc != nullptr && *tc != '\0' ? tc : "auto");
+  // The MEDS_CUDA_TC setting, only if the kernels would accept it (else None, and why not).
+  const std::string tc_error = tc_setting_error(sm90a);
+  if (tc_error.empty()) {
+    info["cuda_tc"] = std::string(meds::tc_mode_name(meds::cuda_tc_mode_from_env()));
+    info["cuda_tc_error"] = py::none();
+  } else {
+    info["cuda_tc"] = py::none();
+    info["cuda_tc_error"] = tc_error;
+  }
   info["cuda_device_count"] = meds::cuda_device_count();
 #if defined(_OPENMP)
   info["openmp"] = true;
@@ -134,7 +173,7 @@ py::dict build_info() {
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "meds C++/CUDA kernels (raw-pointer interface; use meds.ops instead)";
+  m.doc() = "meds C++/CUDA kernels (raw-pointer interface; use meds.kernels.ops instead)";
 
   // meds::TypeError -> TypeError; std::invalid_argument -> ValueError (pybind11's default);
   // std::bad_alloc -> MemoryError; other std::exception -> RuntimeError.

@@ -523,6 +523,71 @@ def test_cpp_errors_are_exceptions_not_aborts():
             _C.group_min_distance(**{**kw, "device": 0})
 
 
+def _raw_kwargs(q, m, groups, n_groups, out, query_groups=None, num_threads=0):
+    """Keyword arguments of a direct meds._C.group_min_distance call on CPU numpy arrays."""
+    return dict(queries=q.ctypes.data, nq=q.shape[0], query_row_stride=q.shape[1], memory=m.ctypes.data,
+                nm=m.shape[0], memory_row_stride=m.shape[1], d=q.shape[1], dtype=0, groups=groups.ctypes.data,
+                n_groups=n_groups, query_groups=0 if query_groups is None else query_groups.ctypes.data,
+                exclude_self=query_groups is not None, metric=2, precision=0, out=out.ctypes.data, device=-1,
+                stream=0, num_threads=num_threads)
+
+
+@pytest.mark.parametrize("num_threads", [1, 2])
+@pytest.mark.parametrize("bad_id", [-1, 3, 2**40])
+def test_cpp_gate_rejects_group_ids_out_of_range(bad_id, num_threads):
+    """The C++ gate itself (no Python checks in front): an out-of-range id anywhere in a large
+    array (checked by threads) is a ValueError naming 'groups', the id and its first index,
+    raised before anything is written."""
+    rng = np.random.default_rng(33)
+    nm = 70_000
+    q, m = rand(rng, 2, 1), rand(rng, nm, 1)
+    groups = rng.integers(0, 3, nm).astype(np.int64)
+    groups[[40_001, 65_000]] = bad_id
+    out = np.full((2, 3), 7.0, np.float32)
+    kw = _raw_kwargs(q, m, groups, 3, out, num_threads=num_threads)
+    pattern = rf"argument 'groups' must be ids in \[0, 3\), got {bad_id} at index 40001"
+    with pytest.raises(ValueError, match=pattern):
+        _C.group_min_distance(**kw)
+    assert (out == 7.0).all()
+    with pytest.raises(ValueError, match=pattern):  # checked even when there is no query
+        _C.group_min_distance(**{**kw, "nq": 0})
+    groups[[40_001, 65_000]] = 2
+    _C.group_min_distance(**kw)
+    assert_matches(out, ref_group_min(q, m, groups, 3, "sqeuclidean"), "sqeuclidean", q, m)
+
+
+def test_cpp_gate_accepts_any_query_group():
+    """query_groups are only compared with group ids: one outside [0, G) excludes nothing."""
+    rng = np.random.default_rng(34)
+    q, m = rand(rng, 3, 4), rand(rng, 6, 4)
+    groups = np.array([0, 0, 1, 1, 0, 1], np.int64)
+    qg = np.array([-5, 2**40, 1], np.int64)
+    out = np.empty((3, 2), np.float32)
+    _C.group_min_distance(**_raw_kwargs(q, m, groups, 2, out, query_groups=qg))
+    assert_matches(out, ref_group_min(q, m, groups, 2, "sqeuclidean", qg, True), "sqeuclidean", q, m)
+    assert np.isnan(out[2, 1]) and not np.isnan(out[:2]).any()
+
+
+@pytest.mark.parametrize("value,accepted", [(None, "auto"), ("", "auto"), ("auto", "auto"), ("mma", "mma"),
+                                            ("wgmm", None), ("WGMMA", None), ("wgmma", "wgmma?")])
+def test_build_info_reports_only_accepted_tc_settings(monkeypatch, value, accepted):
+    """cuda_tc is the MEDS_CUDA_TC setting the kernels accept; a rejected one is None with the
+    reason in cuda_tc_error. wgmma is accepted only where a visible device can run it."""
+    if value is None:
+        monkeypatch.delenv("MEDS_CUDA_TC", raising=False)
+    else:
+        monkeypatch.setenv("MEDS_CUDA_TC", value)
+    if accepted == "wgmma?":
+        runs = any(_C.cuda_wgmma_status(dev) == "ok" for dev in range(_C.cuda_device_count()))
+        accepted = "wgmma" if runs else None
+    info = ops.build_info()
+    assert info["cuda_tc"] == accepted
+    if accepted is None:
+        assert "MEDS_CUDA_TC" in info["cuda_tc_error"] and value in info["cuda_tc_error"]
+    else:
+        assert info["cuda_tc_error"] is None
+
+
 def test_build_info():
     info = ops.build_info()
     for key in ("cuda", "cuda_archs", "openmp", "simd_compiled", "simd_selected", "compiler", "version"):

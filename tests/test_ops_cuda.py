@@ -309,15 +309,86 @@ def test_strided_and_unaligned_rows(precision, dtype, tc_path):
             assert_close_distances(out, ref, q, m, metric, p)
 
 
-def test_runs_on_the_current_stream():
-    q, m, g = make(300, 2000, 128, 8, seed=13)
+def raw_kwargs(q, m, g, n_groups, out, stream, precision="fp32", metric="sqeuclidean"):
+    """Keyword arguments of a direct meds._C.group_min_distance call (no Python checks)."""
+    codes = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+    return dict(queries=q.data_ptr(), nq=q.shape[0], query_row_stride=q.stride(0), memory=m.data_ptr(),
+                nm=m.shape[0], memory_row_stride=m.stride(0), d=q.shape[1], dtype=codes[q.dtype],
+                groups=g.data_ptr(), n_groups=n_groups, query_groups=0, exclude_self=False,
+                metric={"cosine": 0, "l2": 1, "sqeuclidean": 2}[metric],
+                precision={"fp32": 0, "tf32": 1, "bf16": 2, "fp16": 3}[precision], out=out.data_ptr(),
+                device=q.device.index, stream=stream, num_threads=0)
+
+
+def capture_and_replay(call, out, warm_up=None):
+    """Captures `call(stream)` into a CUDA graph on a side stream and replays it into `out`.
+
+    Capture fails on a launch or a synchronous call on any other stream, and work queued
+    elsewhere is not in the graph: `out` is overwritten between capture and replay, so only
+    what the graph does is seen. `warm_up(stream)` (default: `call`) runs first, outside the
+    capture, so that the kernels are loaded."""
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
-        out = meds.group_min_distance(q, m, g, 8, metric="sqeuclidean")
-        res = out.clone()
-    s.synchronize()
-    assert_close_distances(res, ref_group_min(q, m, g, 8, "sqeuclidean"), q, m, "sqeuclidean", "fp32")
+        (warm_up or call)(s.cuda_stream)
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=s):
+        call(s.cuda_stream)
+    out.fill_(-1.0)
+    graph.replay()
+    torch.cuda.synchronize()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_runs_on_the_callers_stream(precision, tc_path):
+    skip_fp32_twice(precision, tc_path)
+    q, m, g = make(300, 2000, 128, 8, seed=13)
+    if precision == "bf16":
+        q, m = q.to(torch.bfloat16), m.to(torch.bfloat16)
+    out = torch.empty(300, 8, device=DEV)
+    capture_and_replay(lambda st: _C.group_min_distance(**raw_kwargs(q, m, g, 8, out, st, precision)), out)
+    assert_kernel(precision, tc_path)
+    assert_close_distances(out, ref_group_min(q, m, g, 8, "sqeuclidean"), q, m, "sqeuclidean", precision)
+
+
+@pytest.mark.parametrize("bad_id", [-1, 8, 2**40])
+def test_cpp_gate_rejects_group_ids_out_of_range(bad_id):
+    """A direct call of the extension (no Python checks) with an out-of-range group id is a
+    ValueError naming 'groups', the id and its first index; nothing is written."""
+    q, m, g = make(300, 2000, 16, 8, seed=43)
+    g[[1234, 1500]] = bad_id
+    buf = torch.full((302, 8), 7.0, device=DEV)  # the output with a guard row on either side
+    out = buf[1:-1]
+    pattern = rf"argument 'groups' must be ids in \[0, 8\), got {bad_id} at index 1234"
+    with pytest.raises(ValueError, match=pattern):
+        _C.group_min_distance(**raw_kwargs(q, m, g, 8, out, torch.cuda.current_stream().cuda_stream))
+    torch.cuda.synchronize()
+    assert (buf == 7.0).all()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_out_of_range_ids_are_never_written_under_graph_capture(precision, tc_path):
+    """During stream capture the ids cannot be read back, so the gate cannot raise; the
+    kernels skip out-of-range ids instead (a whole tile of them, and scattered ones)."""
+    skip_fp32_twice(precision, tc_path)
+    q, m, g = make(300, 2000, 32, 8, seed=44)
+    if precision == "bf16":
+        q, m = q.to(torch.bfloat16), m.to(torch.bfloat16)
+    bad = g.clone()
+    bad[256:512] = 8
+    bad[[3, 700, 1999]] = -1
+    keep = (bad >= 0) & (bad < 8)
+    buf = torch.full((302, 8), 7.0, device=DEV)
+    out = buf[1:-1]
+    with pytest.raises(ValueError, match="'groups'"):  # outside capture the gate refuses them
+        _C.group_min_distance(**raw_kwargs(q, m, bad, 8, out, torch.cuda.current_stream().cuda_stream))
+    capture_and_replay(lambda st: _C.group_min_distance(**raw_kwargs(q, m, bad, 8, out, st, precision)), out,
+                       warm_up=lambda st: _C.group_min_distance(**raw_kwargs(q, m, g, 8, out, st, precision)))
+    assert_kernel(precision, tc_path)
+    assert (buf[0] == 7.0).all() and (buf[-1] == 7.0).all()
+    ref = ref_group_min(q, m[keep], bad[keep], 8, "sqeuclidean")
+    assert_close_distances(out, ref, q, m, "sqeuclidean", precision)
 
 
 def test_other_device_ordinal():
@@ -437,16 +508,24 @@ def test_wgmma_kernel_runs_on_hopper(monkeypatch):
             assert _C.cuda_last_kernel() == want, (env, precision)
 
 
-def test_wgmma_request_falls_back_where_unavailable(monkeypatch):
+def test_wgmma_request_fails_where_unavailable(monkeypatch):
+    """MEDS_CUDA_TC=wgmma asks for the wgmma kernel: where it cannot run, a tensor-core call
+    fails (no silent fallback) and build_info() does not report the setting."""
     if wgmma_status() == "ok":
         pytest.skip("the wgmma kernel is available here")
-    if torch.cuda.get_device_capability()[0] < 8:
-        pytest.skip("no tensor-core kernel below sm_80")
     monkeypatch.setenv("MEDS_CUDA_TC", "wgmma")
     q, m, g = make(50, 300, 32, 2, seed=42)
-    out = meds.group_min_distance(q, m, g, 2, precision="bf16")
-    assert _C.cuda_last_kernel() == "mma"
-    assert_close_distances(out, ref_group_min(q, m, g, 2, "cosine"), q, m, "cosine", "bf16")
+    for precision in ("tf32", "bf16"):
+        with pytest.raises(RuntimeError, match="MEDS_CUDA_TC=wgmma"):
+            meds.group_min_distance(q, m, g, 2, precision=precision)
+        assert _C.cuda_last_kernel() == "none"
+    # fp32 runs the SIMT kernel whatever MEDS_CUDA_TC says.
+    out = meds.group_min_distance(q, m, g, 2)
+    assert _C.cuda_last_kernel() == "simt"
+    assert_close_distances(out, ref_group_min(q, m, g, 2, "cosine"), q, m, "cosine", "fp32")
+    if torch.cuda.device_count() == 1:
+        info = meds.build_info()
+        assert info["cuda_tc"] is None and wgmma_status() in info["cuda_tc_error"]
 
 
 def test_bad_tc_env_raises(monkeypatch):

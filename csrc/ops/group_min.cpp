@@ -1,8 +1,15 @@
-// Validation of GroupMinArgs and the one dispatch point between the CPU and CUDA kernels.
+// Validation of GroupMinArgs (the one gate of every backend) and the one dispatch point
+// between the CPU and CUDA kernels.
 #include "ops/group_min.h"
 
+#include <cstdint>
 #include <sstream>
 #include <stdexcept>
+#include <string>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
 
 #include "common/checks.h"
 
@@ -28,6 +35,31 @@ const char* precision_name(Precision p) {
     case Precision::FP16: return "fp16";
   }
   return "unknown";
+}
+
+// The first id outside [0, n_groups) of a CPU array: one pass, an OpenMP min reduction over
+// the indices of the bad ids (threads only for arrays worth waking them for).
+IdCheck find_group_id_out_of_range_cpu(const int64_t* ids, int64_t n, int64_t n_groups,
+                                       int num_threads) {
+  constexpr int64_t kParallelFrom = int64_t{1} << 16;
+  int64_t first = n;
+#if defined(_OPENMP)
+  const int threads = num_threads > 0 ? num_threads : omp_get_max_threads();
+#pragma omp parallel for schedule(static) reduction(min : first) num_threads(threads) \
+    if (n >= kParallelFrom && threads > 1)
+#else
+  (void)num_threads;
+  (void)kParallelFrom;
+#endif
+  for (int64_t r = 0; r < n; ++r) {
+    if (static_cast<uint64_t>(ids[r]) >= static_cast<uint64_t>(n_groups) && r < first) first = r;
+  }
+  IdCheck c;
+  if (first < n) {
+    c.index = first;
+    c.id = ids[first];
+  }
+  return c;
 }
 
 void validate(const GroupMinArgs& a) {
@@ -56,6 +88,7 @@ void validate(const GroupMinArgs& a) {
   MEDS_CHECK_ARG(!a.exclude_self || a.query_groups != nullptr || a.nq == 0, kFn,
                  "query_groups", "given when exclude_self is true", "nullptr");
 
+  // Device and precision rules.
   if (a.device < 0) {
     MEDS_CHECK_TYPE(a.dtype == DType::Float32, kFn, "queries",
                     "float32 on the CPU (float16/bfloat16 only on CUDA)", dtype_name(a.dtype));
@@ -63,6 +96,11 @@ void validate(const GroupMinArgs& a) {
                    "'fp32' on the CPU (tf32/bf16/fp16 only on CUDA)",
                    "'" << precision_name(a.precision) << "'");
   } else {
+#ifndef MEDS_WITH_CUDA
+    throw TypeError(std::string(kFn) +
+                    ": argument 'queries' must be on the CPU (this build of meds has no CUDA "
+                    "support), got cuda:" + std::to_string(a.device));
+#endif
     // 16-bit inputs may be multiplied in fp32 or in their own format; a conversion between
     // float16 and bfloat16 would lose bits, so it is refused.
     const bool lossy = (a.dtype == DType::Float16 && a.precision == Precision::BF16) ||
@@ -72,23 +110,34 @@ void validate(const GroupMinArgs& a) {
                                                                    << " inputs",
                    "'" << precision_name(a.precision) << "'");
   }
+
+  // Group ids index the output, so every id is checked (query_groups are only compared with
+  // them: any value is valid, one outside [0, n_groups) excludes nothing).
+  if (a.nm > 0) {
+#ifdef MEDS_WITH_CUDA
+    const IdCheck ids =
+        a.device < 0
+            ? find_group_id_out_of_range_cpu(a.groups, a.nm, a.n_groups, a.num_threads)
+            : find_group_id_out_of_range_cuda(a.groups, a.nm, a.n_groups, a.device, a.stream);
+#else
+    const IdCheck ids = find_group_id_out_of_range_cpu(a.groups, a.nm, a.n_groups, a.num_threads);
+#endif
+    MEDS_CHECK_ARG(ids.index < 0, kFn, "groups", "ids in [0, " << a.n_groups << ")",
+                   ids.id << " at index " << ids.index);
+  }
 }
 
 }  // namespace
 
 void group_min_distance(const GroupMinArgs& args) {
   validate(args);
-  if (args.device < 0) {
-    group_min_distance_cpu(args);
+#ifdef MEDS_WITH_CUDA
+  if (args.device >= 0) {
+    group_min_distance_cuda(args);
     return;
   }
-#ifdef MEDS_WITH_CUDA
-  group_min_distance_cuda(args);
-#else
-  throw TypeError(std::string(kFn) +
-                  ": argument 'queries' must be on the CPU (this build of meds has no CUDA "
-                  "support), got cuda:" + std::to_string(args.device));
 #endif
+  group_min_distance_cpu(args);
 }
 
 }  // namespace meds

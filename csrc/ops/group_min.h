@@ -52,9 +52,19 @@ struct GroupMinArgs {
   int num_threads = 0;     // CPU: OpenMP threads, 0 = the OpenMP default
 };
 
-// Validates `args` (throws std::invalid_argument naming the argument) and runs the
-// implementation for args.device. The only place that knows about MEDS_WITH_CUDA.
+// Validates `args` (throws std::invalid_argument, or meds::TypeError for a dtype/device rule,
+// naming the argument) and runs the implementation for args.device. The one gate of every
+// backend: the backends check nothing again. It reads every group id (CPU: in parallel; CUDA:
+// a small kernel, then one synchronisation of args.stream). The only place that knows about
+// MEDS_WITH_CUDA.
 void group_min_distance(const GroupMinArgs& args);
+
+// Where a group-id array leaves [0, n_groups).
+struct IdCheck {
+  bool checked = true;  // false: the ids could not be read (CUDA stream capture)
+  int64_t index = -1;   // the first index whose id is out of range, -1 if none
+  int64_t id = 0;       // that id
+};
 
 void group_min_distance_cpu(const GroupMinArgs& args);
 // CPU SIMD levels compiled in (e.g. "avx512,avx2,portable") and the one this machine uses
@@ -63,6 +73,11 @@ const char* group_min_cpu_simd_compiled();
 const char* group_min_cpu_simd_selected();
 #ifdef MEDS_WITH_CUDA
 void group_min_distance_cuda(const GroupMinArgs& args);
+// The range check of device-resident ids on `stream`. While the stream is captured into a CUDA
+// graph nothing can be read back, so it returns checked = false; the kernels then skip
+// out-of-range ids instead of writing out of bounds.
+IdCheck find_group_id_out_of_range_cuda(const int64_t* ids, int64_t n, int64_t n_groups,
+                                        int device, void* stream);
 #endif
 
 }  // namespace meds

@@ -60,7 +60,7 @@ def _features_fingerprint(features: torch.Tensor) -> str:
 
 
 class MeDS(PatchDetector):
-    """Memory-Distilled Selection (design.md §1) on frozen encoder features.
+    """Memory-Distilled Selection (MeDS, ICML 2026, arXiv 2605.26676) on frozen encoder features.
 
     Args:
         backbone: Backbone preset or timm model name; the embedded default works offline.

@@ -1,4 +1,4 @@
-"""Test-time post-processing shared by MeDS and the baselines (design.md §1, "Test time").
+"""Test-time post-processing shared by MeDS and the baselines (as in the MeDS paper, ICML 2026).
 
 Patch scores on the feature grid -> bilinear upsampling to the input size -> Gaussian
 blur (sigma = 4) -> pixel map; the image score is the mean of the top 1% of pixels.

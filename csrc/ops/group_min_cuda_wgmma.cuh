@@ -1,7 +1,7 @@
-// Hopper (sm_90a) tensor-core kernel of group_min: wgmma.mma_async + TMA + mbarrier pipeline.
-// Included by group_min_cuda.cu only (inside namespace meds::{anonymous}, after KArgs, RowInfo,
-// row_info, flush, tile_coords and the compute-type enum), so that this kernel lives in the same
-// CUDA module (fatbinary, hence the same cubin choice by the driver) as the mma.sync fallback.
+// Hopper (sm_90a) tensor-core kernel of group_min: wgmma.mma_async + TMA + mbarrier pipeline,
+// and the host code that tells whether it can run and builds its tensor maps. Included only by
+// group_min_cuda.cu, after group_min_cuda_common.cuh, so that this kernel lives in the same CUDA
+// module (fatbinary, hence the same cubin choice by the driver) as the mma.sync fallback.
 //
 // Design (one CTA per SM, persistent over output tiles):
 //   * CTA tile 128 (queries) x 256 (memory rows); K is consumed 128 bytes per stage (64 bf16/f16
@@ -26,26 +26,34 @@
 //   * Tails: TMA zero-fills out-of-bounds rows (M, N) and K elements, so the dot products of
 //     padding are exactly 0; padding columns get key +inf (a = 0, b = +inf), padding rows are
 //     never flushed.
-// Host-side requirements (checked by the dispatcher): 16-byte aligned base addresses and row
-// pitches, row pitch >= d, TF32 operands pre-rounded (the prep pass packs them rounded to tf32
-// with cvt.rna semantics, because wgmma reads fp32 bit patterns and would truncate).
+// Host-side requirements (checked by plan() in group_min_cuda.cu): 16-byte aligned base
+// addresses and row pitches, row pitch >= d, TF32 operands pre-rounded (the prep pass packs them
+// rounded to tf32 with cvt.rna semantics, because wgmma reads fp32 bit patterns and would
+// truncate).
 #pragma once
 
-// CUtensorMap comes from <cuda.h>, which group_min_cuda.cu includes at global scope (this file
-// is included inside a namespace). Only the type is used; the driver function is fetched at
-// run time through the runtime, libcuda is not linked.
-#ifndef CUDA_VERSION
-#error "include <cuda.h> at global scope before group_min_cuda_sm90.cuh"
-#endif
+// <cuda.h> for CUtensorMap and its enums only: the driver function that encodes a map is
+// fetched at run time through the runtime, libcuda is not linked.
+#include <cuda.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include "common/cuda_check.h"
+#include "ops/group_min_cuda_common.cuh"
 
 // The kernel body exists only in the sm_90a compilation (arch-specific features). Every other
 // device pass compiles a stub that traps and declares no shared memory, which is how the host
-// tells the two variants apart (see wgmma_kernel_is_real in group_min_cuda.cu).
+// tells the two variants apart (see wgmma_kernel_is_real below).
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define MEDS_SM90A_DEVICE 1
 #else
 #define MEDS_SM90A_DEVICE 0
 #endif
+
+namespace meds {
+namespace {
 
 namespace wg {
 constexpr int BM = 128;           // query rows per CTA tile (2 warpgroups x 64)
@@ -536,3 +544,120 @@ __global__ void __launch_bounds__(wg::THREADS, 1)
   __trap();
 #endif
 }
+
+// ------------------------------------------------------------------------------------------
+// Host side of the wgmma kernel.
+
+// cuTensorMapEncodeTiled from the driver, fetched through the runtime (no link to libcuda).
+using EncodeTiledFn = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*,
+                                   const cuuint64_t*, const cuuint64_t*, const cuuint32_t*,
+                                   const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
+                                   CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+EncodeTiledFn encode_tiled_fn() {
+  static const EncodeTiledFn fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
+#if CUDART_VERSION >= 12050
+    const cudaError_t e =
+        cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q);
+#else
+    const cudaError_t e = cudaGetDriverEntryPoint("cuTensorMapEncodeTiled", &f, cudaEnableDefault, &q);
+#endif
+    if (e != cudaSuccess || q != cudaDriverEntryPointSuccess) {
+      (void)cudaGetLastError();
+      f = nullptr;
+    }
+    return reinterpret_cast<EncodeTiledFn>(f);
+  }();
+  return fn;
+}
+
+// Whether the variant of group_min_wgmma_kernel<CT> that the runtime loaded for the current
+// device is the real sm_90a one: only that variant declares static shared memory (its
+// mbarriers); the stub of every other compilation (sm_75..sm_89, compute_90 PTX JIT-compiled,
+// or a build without 90a) declares none. This looks at the very function that would be
+// launched, so it holds whichever cubin the driver picked from the fatbinary.
+template <int CT>
+bool wgmma_kernel_is_real(std::string* why) {
+  cudaFuncAttributes fa{};
+  const cudaError_t e = cudaFuncGetAttributes(&fa, group_min_wgmma_kernel<CT>);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    if (why) *why = std::string("cudaFuncGetAttributes failed: ") + cudaGetErrorName(e);
+    return false;
+  }
+  if (fa.sharedSizeBytes < static_cast<size_t>(wg::STATIC_SMEM) ||
+      fa.maxThreadsPerBlock < wg::THREADS) {
+    if (why) {
+      *why = "the loaded variant of the wgmma kernel is not the sm_90a one (binaryVersion " +
+             std::to_string(fa.binaryVersion) + ", ptxVersion " + std::to_string(fa.ptxVersion) +
+             ", static shared " + std::to_string(fa.sharedSizeBytes) + " B)";
+    }
+    return false;
+  }
+  return true;
+}
+
+// nullptr-equivalent (empty string) when the wgmma kernel can run on `device` for compute type
+// ct, else the reason. Cheap (attribute queries only; no launch, no synchronisation), so it is
+// evaluated at every call and is safe during stream capture.
+std::string wgmma_unavailable(int device, int ct) {
+  int major = 0, minor = 0, optin = 0;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) !=
+          cudaSuccess) {
+    (void)cudaGetLastError();
+    return "device attributes unavailable";
+  }
+  if (major != 9 || minor != 0) {
+    return "device is compute capability " + std::to_string(major) + "." + std::to_string(minor) +
+           ", the wgmma kernel is sm_90a only";
+  }
+  if (optin < wg::SMEM + wg::STATIC_SMEM) return "not enough opt-in shared memory per block";
+  if (encode_tiled_fn() == nullptr) return "cuTensorMapEncodeTiled is not available from the driver";
+  std::string why;
+  bool real = false;
+  switch (ct) {
+    case kTF32: real = wgmma_kernel_is_real<kTF32>(&why); break;
+    case kBF16: real = wgmma_kernel_is_real<kBF16>(&why); break;
+    case kF16: real = wgmma_kernel_is_real<kF16>(&why); break;
+    default: return "not a tensor-core compute type";
+  }
+  return real ? std::string() : why;
+}
+
+// Tensor map of a row-major (rows x cols) matrix with row pitch `ld` elements, boxes of
+// (box_rows x 128 bytes), 128-byte swizzle, zero fill out of bounds. False when the driver
+// refuses it (the caller then falls back to mma.sync).
+bool make_tensor_map(CUtensorMap* map, int ct, const void* base, int64_t rows, int64_t cols,
+                     int64_t ld, int box_rows) {
+  const EncodeTiledFn fn = encode_tiled_fn();
+  if (fn == nullptr) return false;
+  const int64_t es = ct == kTF32 ? 4 : 2;
+  const CUtensorMapDataType dt = ct == kTF32   ? CU_TENSOR_MAP_DATA_TYPE_FLOAT32
+                                 : ct == kBF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
+                                               : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(ld * es)};  // bytes, dims 1..rank-1
+  const cuuint32_t box[2] = {static_cast<cuuint32_t>(wg::KB / es),
+                             static_cast<cuuint32_t>(box_rows)};
+  const cuuint32_t estr[2] = {1, 1};
+  const CUresult r = fn(map, dt, 2, const_cast<void*>(base), dims, strides, box, estr,
+                        CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                        CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS;
+}
+
+template <int CT>
+void launch_wgmma(const CUtensorMap& ta, const CUtensorMap& tb, const KArgs& k, int kt_count,
+                  int grid, cudaStream_t st) {
+  MEDS_CUDA_CHECK(cudaFuncSetAttribute(group_min_wgmma_kernel<CT>,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, wg::SMEM));
+  group_min_wgmma_kernel<CT><<<grid, wg::THREADS, wg::SMEM, st>>>(ta, tb, k, kt_count);
+  MEDS_CUDA_CHECK_LAUNCH("group_min_wgmma_kernel");
+}
+
+}  // namespace
+}  // namespace meds
