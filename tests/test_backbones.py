@@ -4,13 +4,13 @@ import os
 
 import numpy as np
 import pytest
+import skimage.data
+import timm
 import torch
 import torch.nn.functional as F
 
-timm = pytest.importorskip("timm")
-
-from meds.method import backbones as B  # noqa: E402
-from meds.method.backbones import (  # noqa: E402
+from meds.method import backbones as B
+from meds.method.backbones import (
     PatchFeatureExtractor,
     PatchFeatures,
     cached_features,
@@ -34,8 +34,7 @@ def lite0_classifier():
 
 
 def _cat(size=224):
-    data = pytest.importorskip("skimage.data")
-    img = torch.from_numpy(np.array(data.chelsea())).permute(2, 0, 1)[None].float() / 255
+    img = torch.from_numpy(np.array(skimage.data.chelsea())).permute(2, 0, 1)[None].float() / 255
     img = F.interpolate(img, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return (img - 0.5) / 0.5
 
