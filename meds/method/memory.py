@@ -1,4 +1,4 @@
-"""Stage 1 of MeDS: the bootstrap memory ensemble (design.md §1).
+"""Stage 1 of MeDS: the bootstrap memory ensemble (paper: arXiv:2605.26676; README, step 1).
 
 Every training image's patches are scored against ``B`` partial memories, each the set of
 all patches of ``ceil(rho * N)`` images drawn with replacement. Memories are unions of

@@ -1,4 +1,4 @@
-"""The reconstruction-score network ``s_theta`` of MeDS (design.md §1, stage 2).
+"""The reconstruction-score network ``s_theta`` of MeDS (paper: arXiv:2605.26676, stage 2).
 
 It works on cached, frozen encoder features: tokens ``(N, L, D)`` where ``D`` is the
 concatenation of the encoder's feature groups (``group_dims``). A noisy MLP bottleneck

@@ -1,4 +1,4 @@
-"""Stages 2 and 3 of MeDS: distillation and progressive selection (design.md §1).
+"""Stages 2 and 3 of MeDS: distillation and progressive selection (paper: arXiv:2605.26676; README, steps 2-3).
 
 Both stages train only the reconstruction network, on cached encoder features.
 
