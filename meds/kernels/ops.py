@@ -160,18 +160,21 @@ def _row_layout(x: torch.Tensor):
     return x, x.data_ptr(), int(x.stride(0))
 
 
+def _check_index_tensor(x: torch.Tensor, kind: _Kind, fn: str, name: str) -> None:
+    """An index tensor goes with tensor queries on the same device (numpy queries take numpy ids)."""
+    if not kind.is_torch:
+        raise TypeError(f"{fn}: argument '{name}' must be a numpy array or sequence like 'queries', got {_describe(x)}")
+    if x.device != kind.device:
+        raise TypeError(
+            f"{fn}: argument '{name}' must be on {kind.device} like 'queries' (nothing is "
+            f"copied across devices), got a tensor on {x.device}"
+        )
+
+
 def _index_array(x: Any, kind: _Kind, fn: str, name: str, ndim: int) -> torch.Tensor:
     """An integer index array as a contiguous int64 tensor on the call's device."""
     if isinstance(x, torch.Tensor):
-        if not kind.is_torch:
-            raise TypeError(
-                f"{fn}: argument '{name}' must be a numpy array or sequence like 'queries', got {_describe(x)}"
-            )
-        if x.device != kind.device:
-            raise TypeError(
-                f"{fn}: argument '{name}' must be on {kind.device} like 'queries' (nothing is "
-                f"copied across devices), got a tensor on {x.device}"
-            )
+        _check_index_tensor(x, kind, fn, name)
         if x.dtype == torch.bool or x.is_floating_point() or x.is_complex():
             raise TypeError(f"{fn}: argument '{name}' must have an integer dtype, got {x.dtype}")
     else:
@@ -331,15 +334,7 @@ def _prepare_banks(banks, kind: _Kind, fn: str, n_groups: Optional[int]):
     """Banks as a ``(B, m)`` int64 id tensor; masks become ids padded with ``G`` (a pad
     column of +inf is appended to the group minima). Returns (ids, G or max id, is_mask)."""
     if isinstance(banks, torch.Tensor):
-        if not kind.is_torch:
-            raise TypeError(
-                f"{fn}: argument 'banks' must be a numpy array or sequence like 'queries', got {_describe(banks)}"
-            )
-        if banks.device != kind.device:
-            raise TypeError(
-                f"{fn}: argument 'banks' must be on {kind.device} like 'queries' (nothing is copied across "
-                f"devices), got a tensor on {banks.device}"
-            )
+        _check_index_tensor(banks, kind, fn, "banks")
         is_bool = banks.dtype == torch.bool
         is_int = not is_bool and not banks.is_floating_point() and not banks.is_complex()
         shape = tuple(banks.shape)
