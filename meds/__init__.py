@@ -6,6 +6,8 @@ The kernel functions (``group_min_distance``, ``ensemble_distance``, ``sample_ba
 ``import meds`` stays cheap (torch and timm load only when needed).
 """
 
+# The one place of the version: pyproject.toml (scikit-build-core regex provider) and
+# CMakeLists.txt (SKBUILD_PROJECT_VERSION) read it from here.
 __version__ = "0.1.0"
 
 _LAZY = {

@@ -4,13 +4,14 @@ import os
 
 import numpy as np
 import pytest
+import skimage.data
+import timm
 import torch
 import torch.nn.functional as F
 
-timm = pytest.importorskip("timm")
-
-from meds.method import backbones as B  # noqa: E402
-from meds.method.backbones import (  # noqa: E402
+from meds.method import backbones as B
+from meds.method.backbones import weights as W
+from meds.method.backbones import (
     PatchFeatureExtractor,
     PatchFeatures,
     cached_features,
@@ -34,8 +35,7 @@ def lite0_classifier():
 
 
 def _cat(size=224):
-    data = pytest.importorskip("skimage.data")
-    img = torch.from_numpy(np.array(data.chelsea())).permute(2, 0, 1)[None].float() / 255
+    img = torch.from_numpy(np.array(skimage.data.chelsea())).permute(2, 0, 1)[None].float() / 255
     img = F.interpolate(img, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return (img - 0.5) / 0.5
 
@@ -246,16 +246,52 @@ def test_weights_from_local_files(tmp_path):
     assert torch.equal(lite.backbone.state_dict()["conv_stem.weight"], ref["_conv_stem.weight"])
 
 
+def _hub_settings():
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_OFFLINE, os.environ.get("HF_HUB_OFFLINE")
+
+
 def test_offline_hub_error(monkeypatch, tmp_path):
-    hub = pytest.importorskip("huggingface_hub.constants")
-    monkeypatch.setattr(B, "_hub_reachable", lambda timeout=3.0: False)
-    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path))  # nothing cached
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(W, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))  # nothing cached
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    before = _hub_settings()
     with pytest.raises(RuntimeError, match=r"weights for resnet18 could not be downloaded \(offline\?\); pass weights=PATH"):
         PatchFeatureExtractor("resnet18")
-    assert hub.HF_HUB_OFFLINE is False or os.environ.get("HF_HUB_OFFLINE")  # restored
+    assert _hub_settings() == before  # the caller's hub settings were never touched
     with pytest.raises(ValueError, match="neither a preset"):
         PatchFeatureExtractor("no_such_model_xyz")
+
+
+def test_offline_hub_loads_the_cached_copy_without_a_global_switch(monkeypatch, tmp_path):
+    """Offline, timm's pretrained weights come from the local hub cache; the hub is never
+    asked and no process-wide offline flag is flipped for it."""
+    from huggingface_hub import constants
+    from safetensors.torch import save_file
+
+    hub_id = timm.models.get_pretrained_cfg("resnet18").hf_hub_id  # e.g. timm/resnet18.a1_in1k
+    sd = {k: torch.randn_like(v) if v.is_floating_point() else v
+          for k, v in timm.create_model("resnet18", pretrained=False).state_dict().items()}
+    repo = tmp_path / ("models--" + hub_id.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    save_file(sd, repo / "snapshots" / ("0" * 40) / "model.safetensors")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(W, "_hub_reachable", lambda timeout=3.0: False)
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the hub was asked while offline")
+
+    monkeypatch.setattr(timm.models._hub, "hf_hub_download", no_network)
+    before = _hub_settings()
+    ext = PatchFeatureExtractor("resnet18")
+    assert _hub_settings() == before
+    assert torch.equal(ext.backbone.state_dict()["conv1.weight"], sd["conv1.weight"])
+    assert ext.weights_id.startswith(f"hub:{hub_id}:")  # the same id as an online load
 
 
 def test_feature_cache(tmp_path, monkeypatch):
@@ -275,6 +311,10 @@ def test_feature_cache(tmp_path, monkeypatch):
     assert pf.grid == ref.grid and pf.group_dims == ref.group_dims
     files = sorted(os.listdir(cache))
     assert len(files) == 2 and files[0].endswith(".json") and files[1].endswith(".npy")  # no temp files left
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in files:  # written by meds.atomic_io: a plain file's mode, not mkstemp's 0600
+        assert os.stat(cache / name).st_mode & 0o777 == 0o666 & ~umask
     arr = np.load(cache / files[1], allow_pickle=False)  # plain npy, no pickle
     assert arr.shape == tuple(ref.features.shape)
 
@@ -298,3 +338,51 @@ def test_feature_cache(tmp_path, monkeypatch):
     assert feature_cache_key(ext, paths) != k0
     half = cached_features(ext, paths, cache, progress=False, dtype="float16")
     torch.testing.assert_close(half.features, ext.extract(paths, progress=False).features, atol=2e-2, rtol=2e-3)
+
+
+def _three_inputs(tmp_path):
+    """A 16-bit grayscale PNG (values that are not multiples of 257), an RGBA PNG with a
+    varying alpha, and a grayscale array, each as a file too."""
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    g16 = rng.integers(0, 65536, (40, 36), dtype=np.uint16)
+    rgba = rng.integers(0, 256, (40, 36, 4), dtype=np.uint8)
+    gray = rng.integers(0, 256, (40, 36), dtype=np.uint8)
+    paths = [tmp_path / "g16.png", tmp_path / "rgba.png", tmp_path / "gray.png"]
+    Image.fromarray(g16).save(paths[0])
+    Image.fromarray(rgba, mode="RGBA").save(paths[1])
+    Image.fromarray(gray, mode="L").save(paths[2])
+    assert Image.open(paths[0]).mode.startswith("I")  # Pillow reads it back as 16-bit
+    return [g16, rgba, gray], [str(p) for p in paths]
+
+
+def test_every_entry_point_sees_the_same_pixels(tmp_path):
+    """Regression: 16-bit files were divided by 65535 in the extractor (so in cached_features)
+    but rounded to 8 bits in MeDS.fit / read_image, and uint16 arrays were refused there."""
+    from PIL import Image
+
+    from meds.data import decode_image, read_image
+    from meds.method.detector import PatchDetector
+
+    arrays, paths = _three_inputs(tmp_path)
+    ext = PatchFeatureExtractor("resnet18", weights=None, image_size=32)
+    detector = PatchDetector("resnet18", weights=None, image_size=32, device="cpu", verbose=False)
+    detector._extractor = ext
+    cached = cached_features(ext, paths, tmp_path / "cache", batch_size=1, progress=False).features
+    for i, (array, path) in enumerate(zip(arrays, paths)):
+        pixels = decode_image(path)
+        with Image.open(path) as pil:
+            others = [array, pil, read_image(path), torch.from_numpy(array)]
+            for other in others:
+                np.testing.assert_array_equal(decode_image(other), pixels)
+        ref = ext.extract([path], batch_size=1, progress=False).features
+        (_, from_detector), = detector.iter_features([path])
+        candidates = {
+            "cached_features": cached[i : i + 1],
+            "PatchDetector (MeDS.fit/predict)": from_detector,
+            "array": ext.extract([array], batch_size=1, progress=False).features,
+            "read_image": ext.extract([read_image(path)], batch_size=1, progress=False).features,
+        }
+        for name, got in candidates.items():
+            torch.testing.assert_close(got, ref, rtol=0, atol=1e-6, msg=f"{path}: {name}")

@@ -15,6 +15,7 @@ from meds.data import (
     DataWarning,
     ImageReadError,
     Sample,
+    decode_image,
     detect_format,
     list_categories,
     list_images,
@@ -91,6 +92,36 @@ def test_read_image_converts_modes_to_rgb_uint8(tmp_path):
     assert out[0, :, 0].tolist() == [0, 100, 255]
     assert (read_image(pal)[0, 0] == [200, 10, 50]).all()
     assert (read_image(bmp) == [1, 2, 3]).all()
+
+
+def test_decode_image_arrays_follow_the_file_rules():
+    g16 = np.array([[0, 257 * 100, 65535, 128]], dtype=np.uint16)
+    assert decode_image(g16)[0, :, 0].tolist() == [0, 100, 255, 0]  # as a 16-bit file
+    assert decode_image(g16.astype(">u2"))[0, :, 0].tolist() == [0, 100, 255, 0]  # any byte order
+    assert decode_image(np.array([[0.0, 0.5, 1.0]]))[0].tolist() == [[0] * 3, [128] * 3, [255] * 3]
+    assert decode_image(np.array([[True, False]]))[0, :, 0].tolist() == [255, 0]
+    rgba = np.tile(np.array([10, 20, 30, 0], np.uint8), (2, 3, 1))
+    out = decode_image(rgba)
+    assert out.shape == (2, 3, 3) and out.dtype == np.uint8 and (out == [10, 20, 30]).all()
+    assert decode_image(np.full((2, 3, 1), 7, np.uint8)).shape == (2, 3, 3)
+    pil16 = Image.fromarray(g16)
+    np.testing.assert_array_equal(decode_image(pil16), decode_image(g16))
+
+
+@pytest.mark.parametrize(
+    "bad,error,match",
+    [
+        (np.zeros((4, 4), np.int32), TypeError, r"x\[2\]: expected dtype uint8, uint16, bool or float"),
+        (np.full((4, 4), 1.5), ValueError, r"x\[2\]: float images must hold finite values in \[0, 1\]"),
+        (np.full((4, 4), np.nan, np.float32), ValueError, r"x\[2\]: float images"),
+        (np.zeros((4, 4, 2), np.uint8), ValueError, r"x\[2\]: expected an image of shape"),
+        (np.zeros((1, 4, 4, 3), np.uint8), ValueError, r"x\[2\]: expected an image of shape"),
+        ([[1, 2]], TypeError, r"x\[2\]: expected a path, numpy array or PIL image, got list"),
+    ],
+)
+def test_decode_image_errors_name_the_argument(bad, error, match):
+    with pytest.raises(error, match=match):
+        decode_image(bad, "x[2]")
 
 
 def test_read_image_resizes_int_and_hw(tmp_path):

@@ -4,6 +4,8 @@ import warnings
 
 import numpy as np
 import pytest
+import sklearn.metrics as skm
+import torch
 
 from meds.evaluation import metrics as M
 from meds.evaluation.metrics import (
@@ -18,8 +20,6 @@ from meds.evaluation.metrics import (
     pixel_f1_max,
     pro_curve,
 )
-
-skm = pytest.importorskip("sklearn.metrics")
 
 
 def _tied_scores(rng, n, dtype):
@@ -222,7 +222,6 @@ def test_pixel_metrics_match_sklearn(seed):
 
 
 def test_evaluate_and_torch_inputs():
-    torch = pytest.importorskip("torch")
     rng = np.random.default_rng(0)
     masks, maps = _synthetic_pixels(3, n=8, h=16, w=16)
     labels = masks.reshape(8, -1).max(1) > 0

@@ -2,13 +2,15 @@
 
 import itertools
 import math
+import warnings
 
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-ops = pytest.importorskip("meds.kernels.ops")
-from meds import _C  # noqa: E402  (the extension must be built for these tests)
+import torch
+
+from meds import _C  # noqa: F401  (a missing build fails here, it is never skipped)
+from meds.kernels import ops
 
 METRICS = ("cosine", "l2", "sqeuclidean")
 
@@ -102,7 +104,7 @@ SHAPES = [  # (nq, nm, d, G)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_group_min_random_groups(metric, shape):
     nq, nm, d, G = shape
-    rng = np.random.default_rng(hash((metric, shape)) % 2**32)
+    rng = np.random.default_rng(100 * METRICS.index(metric) + SHAPES.index(shape))  # fixed per case
     q, m = rand(rng, nq, d), rand(rng, nm, d)
     groups = rng.integers(0, G, nm)  # unsorted
     out = ops.group_min_distance(q, m, groups, G, metric=metric)
@@ -230,6 +232,33 @@ def test_group_min_strided_and_transposed_inputs(metric):
         out = ops.group_min_distance(tq, tm, torch.from_numpy(groups), 9, metric=metric)
         assert isinstance(out, torch.Tensor) and out.dtype == torch.float32
         assert_matches(out.numpy(), ref, metric, q, mem)
+
+
+def test_numpy_inputs_run_the_torch_path_without_copies():
+    """numpy arrays are viewed as tensors (no copy, no warning for read-only ones); only a
+    layout torch cannot view (reversed rows) is copied; results come back as numpy."""
+    rng = np.random.default_rng(9)
+    base = rand(rng, 40, 6)
+    strided = base[::2]
+    assert ops._from_numpy(strided).data_ptr() == strided.ctypes.data  # a view
+    reversed_rows = base[::-1]
+    assert ops._from_numpy(reversed_rows).data_ptr() != reversed_rows.ctypes.data  # a copy
+    read_only = base.copy()
+    read_only.flags.writeable = False
+    groups = np.arange(40) % 5
+    ref = ops.group_min_distance(base.copy(), base.copy(), groups, 5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = ops.group_min_distance(read_only, read_only, groups, 5)
+        assert isinstance(out, np.ndarray) and out.dtype == np.float32
+        np.testing.assert_array_equal(out, ref)
+        flipped = ops.group_min_distance(reversed_rows, base, groups, 5)
+        np.testing.assert_array_equal(flipped, ref[::-1])
+        banks = ops.sample_banks(5, n_banks=7, ratio=0.4, seed=1)
+        ens = ops.ensemble_distance(read_only, read_only, groups, banks, reduce="none")
+        assert isinstance(ens, np.ndarray) and ens.shape == (40, 7)
+        exp = ops.expected_min_distance(ref.astype(np.float64), 2)
+        assert isinstance(exp, np.ndarray) and exp.dtype == np.float64
 
 
 def test_group_min_broadcast_rows():

@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .folder import folder_layout, load_folder
-from .images import DataWarning, ImageReadError, image_size, list_images, read_image, read_mask
+from .images import DataWarning, ImageReadError, decode_image, image_size, list_images, read_image, read_mask
 from .mvtec import is_mvtec_category_dir, load_mvtec, mvtec_categories
 from .noise import NoiseSetting, apply_split_list, contaminate, load_split_list, parse_split_list_name
 from .realiad import REALIAD_DEFECT_NAMES, load_realiad, realiad_categories
@@ -33,6 +33,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageReadError",
     "DataWarning",
+    "decode_image",
     "read_image",
     "read_mask",
     "image_size",

@@ -1,13 +1,15 @@
 """Image and mask reading, file listing and the shared error policy of the loaders.
 
-Every image comes back as ``(H, W, 3) uint8`` RGB whatever is on disk (grayscale,
-palette, RGBA/LA (alpha dropped), CMYK, 16-bit and float images are converted); every
-mask as ``(H, W) bool`` (any non-zero pixel is a defect).
+Every image comes back as ``(H, W, 3) uint8`` RGB whatever it was (:func:`decode_image`:
+grayscale, palette, RGBA/LA (alpha dropped), CMYK, 16-bit and float images and arrays are
+converted); every mask as ``(H, W) bool`` (any non-zero pixel is a defect).
 """
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 import warnings
 from pathlib import Path
 from typing import Union
@@ -20,6 +22,7 @@ from .types import Sample, is_image_file
 __all__ = [
     "ImageReadError",
     "DataWarning",
+    "decode_image",
     "read_image",
     "read_mask",
     "image_size",
@@ -78,23 +81,96 @@ def _open(path: str | Path, what: str) -> Image.Image:
     return img
 
 
-def _to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
-    """Scale a 16-bit / 32-bit / float array to uint8 (full range kept)."""
-    if arr.dtype == np.uint8:
-        return arr
-    if arr.dtype.kind == "f":
-        a = np.nan_to_num(arr.astype(np.float64))
-        scale = 255.0 if a.size and a.max() <= 1.0 else 1.0
-        return np.clip(np.rint(a * scale), 0, 255).astype(np.uint8)
-    a = arr.astype(np.int64)
-    if mode.startswith("I;16") or arr.dtype == np.uint16 or (a.size and a.max() > 255):
-        # 16-bit range (Pillow loads 16-bit grayscale PNG/TIFF as I;16 or I)
-        return np.clip(np.rint(a / 257.0), 0, 255).astype(np.uint8)
-    return np.clip(a, 0, 255).astype(np.uint8)
+def _scale_16bit(arr: np.ndarray) -> np.ndarray:
+    """A 16-bit range (0..65535) onto 0..255, rounded: 257 * v maps back to v."""
+    return np.clip(np.rint(arr.astype(np.float64) / 257.0), 0, 255).astype(np.uint8)
+
+
+def _array_to_rgb(arr: np.ndarray, argument: str) -> np.ndarray:
+    """The array rules of :func:`decode_image` (shape and dtype checked, values scaled)."""
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
+        raise ValueError(
+            f"{argument}: expected an image of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {arr.shape}"
+        )
+    kind, size = arr.dtype.kind, arr.dtype.itemsize
+    if kind == "u" and size == 2:
+        arr = _scale_16bit(arr)
+    elif kind == "b":
+        arr = arr.astype(np.uint8) * np.uint8(255)
+    elif kind == "f":
+        if arr.size and (not np.isfinite(arr).all() or arr.min() < 0.0 or arr.max() > 1.0):
+            raise ValueError(f"{argument}: float images must hold finite values in [0, 1]")
+        arr = np.rint(arr.astype(np.float64) * 255.0).astype(np.uint8)
+    elif not (kind == "u" and size == 1):
+        raise TypeError(f"{argument}: expected dtype uint8, uint16, bool or float in [0, 1], got {arr.dtype}")
+    arr = arr[:, :, :3] if arr.shape[2] >= 3 else np.repeat(arr, 3, axis=2)
+    return np.ascontiguousarray(arr)
+
+
+def _pil_to_rgb(img: Image.Image, argument: str) -> np.ndarray:
+    mode = img.mode
+    if mode.startswith("I") or mode == "F":
+        # Pillow opens 16-bit grayscale PNG/TIFF as I;16 or I (32-bit); files have no value
+        # convention, so: floats up to 1 are [0, 1], integers above 255 are 16-bit.
+        arr = np.asarray(img)
+        if mode == "F":
+            a = np.nan_to_num(arr.astype(np.float64))
+            scale = 255.0 if a.size and a.max() <= 1.0 else 1.0
+            return _array_to_rgb(np.clip(np.rint(a * scale), 0, 255).astype(np.uint8), argument)
+        if mode.startswith("I;16") or (arr.size and arr.max() > 255):
+            return _array_to_rgb(_scale_16bit(arr), argument)
+        return _array_to_rgb(np.clip(arr, 0, 255).astype(np.uint8), argument)
+    if mode in ("RGB", "RGBA", "RGBa", "RGBX", "L"):
+        return _array_to_rgb(np.asarray(img), argument)  # alpha dropped, gray repeated
+    if mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    return _array_to_rgb(np.asarray(img.convert("RGB")), argument)  # LA, P, 1, CMYK, YCbCr, ...
+
+
+def decode_image(image, argument: str = "image") -> np.ndarray:
+    """The one image decoder of meds: any accepted input -> ``(H, W, 3) uint8`` RGB.
+
+    Every entry point (:func:`read_image`, the detectors' ``fit``/``predict``, the feature
+    extractor and its cache) goes through it, so a file, its PIL image and its array give the
+    same pixels, hence the same features.
+
+    Args:
+        image: a file path; a PIL image (any mode); a numpy array or CPU torch tensor of shape
+            ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` or ``(H, W, 4)`` with dtype uint8, uint16
+            (16-bit range), bool, or float with values in ``[0, 1]``.
+        argument: name used in error messages.
+
+    Returns:
+        ``(H, W, 3)`` contiguous uint8: grayscale is repeated, alpha dropped, 16-bit values
+        scaled to 8 bits (``round(v / 257)``), floats to ``round(255 * v)``.
+
+    Raises:
+        ImageReadError: a file is missing or cannot be decoded (the message names it).
+        TypeError: an unsupported input type or dtype.
+        ValueError: an impossible shape, or float values outside ``[0, 1]``.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        img = _open(image, "image")
+        try:
+            return _pil_to_rgb(img, f"image {os.fspath(image)!r}")
+        except (OSError, ValueError) as exc:
+            raise ImageReadError(f"cannot read image {os.fspath(image)!r}: {exc}") from exc
+        finally:
+            img.close()
+    if isinstance(image, Image.Image):
+        return _pil_to_rgb(image, argument)
+    torch = sys.modules.get("torch")  # a tensor can only come from a caller that imported torch
+    if torch is not None and isinstance(image, torch.Tensor):
+        image = image.detach().cpu().numpy()
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"{argument}: expected a path, numpy array or PIL image, got {type(image).__name__}")
+    return _array_to_rgb(image, argument)
 
 
 def read_image(path: str | Path, size: SizeLike = None) -> np.ndarray:
-    """Read an image file as RGB.
+    """Read an image file as RGB (decoded by :func:`decode_image`).
 
     Args:
         path: Image file (png, jpg, jpeg, bmp, tif, tiff).
@@ -109,33 +185,10 @@ def read_image(path: str | Path, size: SizeLike = None) -> np.ndarray:
         ImageReadError: The file is missing or cannot be decoded (the message names it).
     """
     hw = _size_hw(size, "read_image")
-    img = _open(path, "image")
-    try:
-        mode = img.mode
-        if mode in ("RGB",):
-            rgb = np.asarray(img)
-        elif mode.startswith("I") or mode == "F":
-            gray = _to_uint8(np.asarray(img), mode)
-            rgb = np.repeat(gray[..., None], 3, axis=2)
-        elif mode in ("RGBA", "RGBa", "RGBX"):
-            rgb = np.asarray(img)[..., :3]
-        else:  # L, LA, P, PA, 1, CMYK, YCbCr, LAB, HSV, ...
-            if mode == "P" and "transparency" in img.info:
-                img = img.convert("RGBA")
-            rgb = np.asarray(img.convert("RGB"))
-        if rgb.ndim != 3 or rgb.shape[2] != 3:
-            raise ImageReadError(f"cannot read image {str(path)!r}: unexpected shape {rgb.shape}")
-        rgb = _to_uint8(rgb, mode)
-        if hw is not None and rgb.shape[:2] != hw:
-            pil = Image.fromarray(np.ascontiguousarray(rgb))
-            rgb = np.asarray(pil.resize((hw[1], hw[0]), Image.BILINEAR))
-    except ImageReadError:
-        raise
-    except (OSError, ValueError) as exc:
-        raise ImageReadError(f"cannot read image {str(path)!r}: {exc}") from exc
-    finally:
-        img.close()
-    return np.ascontiguousarray(rgb, dtype=np.uint8)
+    rgb = decode_image(Path(path))
+    if hw is not None and rgb.shape[:2] != hw:
+        rgb = np.asarray(Image.fromarray(rgb).resize((hw[1], hw[0]), Image.BILINEAR))
+    return np.ascontiguousarray(rgb)
 
 
 def image_size(path: str | Path) -> tuple[int, int]:

@@ -8,8 +8,9 @@ of those per-image nearest distances in one GEMM-like pass over all memory rows 
 banks; :func:`expected_min_distance` gives the ``B -> infinity`` limit in closed form.
 
 Every function accepts numpy arrays or torch tensors (CPU, or CUDA when the extension was
-built with CUDA) and returns the same kind, on the same device. torch is imported only when
-a tensor is passed.
+built with CUDA) and returns the same kind, on the same device: a numpy array is wrapped as a
+CPU tensor without a copy (``torch.from_numpy``), the one torch implementation runs, and the
+result goes back as a numpy array.
 
 Array rules (all functions):
 
@@ -30,10 +31,11 @@ Array rules (all functions):
 from __future__ import annotations
 
 import math
-import sys
+import warnings
 from typing import Any, Optional
 
 import numpy as np
+import torch
 
 __all__ = [
     "group_min_distance",
@@ -66,38 +68,37 @@ def _ext():
     return _C
 
 
-def _torch_mod():
-    return sys.modules.get("torch")
-
-
-def _is_tensor(x: Any) -> bool:
-    torch = _torch_mod()
-    return torch is not None and isinstance(x, torch.Tensor)
-
-
 def _describe(x: Any) -> str:
-    if _is_tensor(x):
+    if isinstance(x, torch.Tensor):
         return f"torch.Tensor (dtype {x.dtype}, device {x.device}, shape {tuple(x.shape)})"
     if isinstance(x, np.ndarray):
         return f"numpy.ndarray (dtype {x.dtype}, shape {x.shape})"
     return type(x).__name__
 
 
+def _from_numpy(x: np.ndarray) -> torch.Tensor:
+    """A CPU tensor over ``x``'s memory; copied only where torch cannot view it (negative,
+    unaligned or not whole-element strides)."""
+    if not x.flags.aligned or any(s < 0 or s % x.itemsize for s in x.strides):
+        x = np.ascontiguousarray(x)
+    with warnings.catch_warnings():  # a read-only array is fine: inputs are never written
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(x)
+
+
 class _Kind:
     """Array kind (numpy or torch) and device of the call, taken from ``queries``."""
 
     def __init__(self, x: Any, fn: str, name: str):
-        if _is_tensor(x):
-            self.torch = _torch_mod()
+        if isinstance(x, torch.Tensor):
             self.is_torch = True
             self.device = x.device
             self.index = -1 if x.device.type == "cpu" else x.device.index
             if x.device.type not in ("cpu", "cuda"):
                 raise TypeError(f"{fn}: argument '{name}' must be on the CPU or a CUDA device, got {x.device}")
         elif isinstance(x, np.ndarray):
-            self.torch = None
             self.is_torch = False
-            self.device = None
+            self.device = torch.device("cpu")
             self.index = -1
         else:
             raise TypeError(
@@ -113,8 +114,16 @@ class _Kind:
 
     def same(self, x: Any) -> bool:
         if self.is_torch:
-            return _is_tensor(x) and x.device == self.device
+            return isinstance(x, torch.Tensor) and x.device == self.device
         return isinstance(x, np.ndarray)
+
+    def tensor(self, x: Any) -> torch.Tensor:
+        """``x`` (checked to be of this kind) as a tensor."""
+        return x if self.is_torch else _from_numpy(x)
+
+    def result(self, t: torch.Tensor):
+        """A result in the caller's kind: numpy in -> numpy out (sharing the tensor's memory)."""
+        return t if self.is_torch else t.numpy()
 
 
 def _check_float(x: Any, kind: _Kind, fn: str, name: str) -> None:
@@ -122,7 +131,6 @@ def _check_float(x: Any, kind: _Kind, fn: str, name: str) -> None:
     if not kind.same(x):
         raise TypeError(f"{fn}: argument '{name}' must be a {kind.where()} (like 'queries'), got {_describe(x)}")
     if kind.is_torch:
-        torch = kind.torch
         allowed = (torch.float32, torch.float16, torch.bfloat16) if kind.is_cuda else (torch.float32,)
         if x.dtype not in allowed:
             exp = "float32, float16 or bfloat16" if kind.is_cuda else "float32 (float16/bfloat16 only on CUDA)"
@@ -133,79 +141,53 @@ def _check_float(x: Any, kind: _Kind, fn: str, name: str) -> None:
         raise ValueError(f"{fn}: argument '{name}' must be 2-D (N, D), got shape {tuple(x.shape)}")
 
 
-def _check_finite(x: Any, kind: _Kind, fn: str, name: str) -> None:
+def _check_finite(x: torch.Tensor, fn: str, name: str) -> None:
     """NaN/Inf check in one vectorised pass: a NaN or Inf element always makes the float32
     sum non-finite; only when it is (or when finite values overflowed it) is each element
     tested, to tell the two apart."""
-    if kind.is_torch:
-        torch = kind.torch
-        if x.numel() == 0:
-            return
-        with torch.no_grad():
-            ok = bool(torch.isfinite(x.sum(dtype=torch.float32)))
-            if not ok:
-                ok = bool(torch.isfinite(x).all())
-    else:
-        if x.size == 0:
-            return
-        with np.errstate(over="ignore", invalid="ignore"):
-            ok = bool(np.isfinite(np.sum(x, dtype=np.float32)))
-        if not ok:
-            ok = bool(np.isfinite(x).all())
+    if x.numel() == 0:
+        return
+    with torch.no_grad():
+        ok = bool(torch.isfinite(x.sum(dtype=torch.float32))) or bool(torch.isfinite(x).all())
     if not ok:
         raise ValueError(f"{fn}: argument '{name}' must contain only finite values, got NaN or Inf")
 
 
-def _row_layout(x: Any, kind: _Kind):
-    """(array with a contiguous last dimension, data pointer, row stride in elements)."""
-    if kind.is_torch:
-        if x.shape[1] > 1 and x.stride(1) != 1 or x.stride(0) < 0:
-            x = x.contiguous()
-        return x, x.data_ptr(), int(x.stride(0))
-    item = x.itemsize
-    ok = (
-        x.flags.aligned
-        and (x.shape[1] <= 1 or x.strides[1] == item)
-        and x.strides[0] >= 0
-        and x.strides[0] % item == 0
-    )
-    if not ok:
-        x = np.ascontiguousarray(x)
-    return x, x.ctypes.data, int(x.strides[0] // item)
+def _row_layout(x: torch.Tensor):
+    """(tensor with a contiguous last dimension, data pointer, row stride in elements)."""
+    if x.shape[1] > 1 and x.stride(1) != 1 or x.stride(0) < 0:
+        x = x.contiguous()
+    return x, x.data_ptr(), int(x.stride(0))
 
 
-def _index_array(x: Any, kind: _Kind, fn: str, name: str, ndim: int):
-    """An integer index array as contiguous int64 of the call's kind and device."""
-    if kind.is_torch:
-        torch = kind.torch
-        if _is_tensor(x):
-            if x.device != kind.device:
-                raise TypeError(
-                    f"{fn}: argument '{name}' must be on {kind.device} like 'queries' (nothing is "
-                    f"copied across devices), got a tensor on {x.device}"
-                )
-            if x.dtype == torch.bool or x.is_floating_point() or x.is_complex():
-                raise TypeError(f"{fn}: argument '{name}' must have an integer dtype, got {x.dtype}")
-            if x.dtype == torch.uint64:
-                _check_int64_range(x.cpu().numpy(), fn, name)
-        else:
-            arr = np.asarray(x)
-            if arr.dtype.kind not in "iu":
-                raise TypeError(f"{fn}: argument '{name}' must have an integer dtype, got {arr.dtype}")
-            _check_int64_range(arr, fn, name)
-            x = torch.as_tensor(arr.astype(np.int64, copy=False), device=kind.device)
-        if x.ndim != ndim:
-            raise ValueError(f"{fn}: argument '{name}' must be {ndim}-D, got shape {tuple(x.shape)}")
-        return x.to(torch.int64).contiguous()
-    if _is_tensor(x):
+def _check_index_tensor(x: torch.Tensor, kind: _Kind, fn: str, name: str) -> None:
+    """An index tensor goes with tensor queries on the same device (numpy queries take numpy ids)."""
+    if not kind.is_torch:
         raise TypeError(f"{fn}: argument '{name}' must be a numpy array or sequence like 'queries', got {_describe(x)}")
-    arr = np.asarray(x)
-    if arr.dtype.kind not in "iu":
-        raise TypeError(f"{fn}: argument '{name}' must have an integer dtype, got {arr.dtype}")
-    if arr.ndim != ndim:
-        raise ValueError(f"{fn}: argument '{name}' must be {ndim}-D, got shape {arr.shape}")
-    _check_int64_range(arr, fn, name)
-    return np.ascontiguousarray(arr, dtype=np.int64)
+    if x.device != kind.device:
+        raise TypeError(
+            f"{fn}: argument '{name}' must be on {kind.device} like 'queries' (nothing is "
+            f"copied across devices), got a tensor on {x.device}"
+        )
+
+
+def _index_array(x: Any, kind: _Kind, fn: str, name: str, ndim: int) -> torch.Tensor:
+    """An integer index array as a contiguous int64 tensor on the call's device."""
+    if isinstance(x, torch.Tensor):
+        _check_index_tensor(x, kind, fn, name)
+        if x.dtype == torch.bool or x.is_floating_point() or x.is_complex():
+            raise TypeError(f"{fn}: argument '{name}' must have an integer dtype, got {x.dtype}")
+        if x.dtype == torch.uint64:
+            _check_int64_range(x.cpu().numpy(), fn, name)
+    else:
+        arr = np.asarray(x)
+        if arr.dtype.kind not in "iu":
+            raise TypeError(f"{fn}: argument '{name}' must have an integer dtype, got {arr.dtype}")
+        _check_int64_range(arr, fn, name)
+        x = _from_numpy(arr.astype(np.int64, copy=False)).to(kind.device)
+    if x.ndim != ndim:
+        raise ValueError(f"{fn}: argument '{name}' must be {ndim}-D, got shape {tuple(x.shape)}")
+    return x.to(torch.int64).contiguous()
 
 
 def _check_int64_range(arr: np.ndarray, fn: str, name: str) -> None:
@@ -214,11 +196,9 @@ def _check_int64_range(arr: np.ndarray, fn: str, name: str) -> None:
         raise ValueError(f"{fn}: argument '{name}' must hold ids below 2**63, got {int(arr.max())}")
 
 
-def _minmax(x: Any, kind: _Kind):
-    if kind.is_torch:
-        lo, hi = kind.torch.aminmax(x)
-        return int(lo), int(hi)
-    return int(x.min()), int(x.max())
+def _minmax(x: torch.Tensor):
+    lo, hi = torch.aminmax(x)
+    return int(lo), int(hi)
 
 
 def _check_int(value: Any, fn: str, name: str, minimum: int) -> int:
@@ -269,7 +249,7 @@ class _Problem:
             raise ValueError(
                 f"{fn}: argument 'groups' must have one id per memory row ({nm},), got shape {tuple(groups.shape)}"
             )
-        lo, hi = _minmax(groups, kind) if nm > 0 else (0, -1)
+        lo, hi = _minmax(groups) if nm > 0 else (0, -1)
         if n_groups is None:
             if nm == 0 and extra_max_id is None:
                 raise ValueError(f"{fn}: argument 'n_groups' must be given when 'memory' is empty, got None")
@@ -288,53 +268,39 @@ class _Problem:
                     f"{fn}: argument 'query_groups' must have shape ({nq},) (one id per query), "
                     f"got {tuple(query_groups.shape)}"
                 )
-        _check_finite(queries, kind, fn, "queries")
-        _check_finite(memory, kind, fn, "memory")
+        queries, memory = kind.tensor(queries), kind.tensor(memory)
+        _check_finite(queries, fn, "queries")
+        _check_finite(memory, fn, "memory")
 
         self.fn, self.kind = fn, kind
         self.queries = queries
-        self.memory, self.m_ptr, self.m_stride = _row_layout(memory, kind)
+        self.memory, self.m_ptr, self.m_stride = _row_layout(memory)
         self.groups = groups
         self.query_groups = query_groups
         self.exclude_self = bool(exclude_self) and query_groups is not None
         self.nq, self.nm, self.d, self.n_groups = nq, nm, d, n_groups
         self.metric, self.precision = metric, precision
-        if kind.is_torch:
-            dt = queries.dtype
-            torch = kind.torch
-            self.dtype_code = 0 if dt == torch.float32 else (1 if dt == torch.float16 else 2)
-        else:
-            self.dtype_code = 0
+        dt = queries.dtype
+        self.dtype_code = 0 if dt == torch.float32 else (1 if dt == torch.float16 else 2)
 
-    def _ptr(self, x):
-        return x.data_ptr() if self.kind.is_torch else x.ctypes.data
-
-    def run(self, start: int = 0, stop: Optional[int] = None):
+    def run(self, start: int = 0, stop: Optional[int] = None) -> torch.Tensor:
         """(stop - start, G) float32 group minima of the query rows [start, stop)."""
         kind = self.kind
         stop = self.nq if stop is None else stop
         n = stop - start
-        q, q_ptr, q_stride = _row_layout(self.queries[start:stop], kind)
-        if kind.is_torch:
-            out = kind.torch.empty((n, self.n_groups), dtype=kind.torch.float32, device=kind.device)
-        else:
-            out = np.empty((n, self.n_groups), dtype=np.float32)
+        q, q_ptr, q_stride = _row_layout(self.queries[start:stop])
+        out = torch.empty((n, self.n_groups), dtype=torch.float32, device=kind.device)
         if n == 0:
             return out
-        qg_ptr = 0
-        if self.exclude_self:
-            qg = self.query_groups[start:stop]
-            qg_ptr = self._ptr(qg)
-        stream = 0
-        if kind.is_cuda:
-            stream = int(kind.torch.cuda.current_stream(kind.device).cuda_stream)
+        qg_ptr = self.query_groups[start:stop].data_ptr() if self.exclude_self else 0
+        stream = int(torch.cuda.current_stream(kind.device).cuda_stream) if kind.is_cuda else 0
         _ext().group_min_distance(
             queries=q_ptr, nq=n, query_row_stride=q_stride,
             memory=self.m_ptr, nm=self.nm, memory_row_stride=self.m_stride, d=self.d,
-            dtype=self.dtype_code, groups=self._ptr(self.groups) if self.nm else 0,
+            dtype=self.dtype_code, groups=self.groups.data_ptr() if self.nm else 0,
             n_groups=self.n_groups, query_groups=qg_ptr, exclude_self=self.exclude_self,
             metric=_METRICS[self.metric], precision=_PRECISIONS[self.precision],
-            out=self._ptr(out), device=kind.index, stream=stream, num_threads=0,
+            out=out.data_ptr(), device=kind.index, stream=stream, num_threads=0,
         )
         return out
 
@@ -370,23 +336,14 @@ def group_min_distance(queries, memory, groups, n_groups=None, *, metric="cosine
     """
     prob = _Problem("group_min_distance", queries, memory, groups, n_groups, metric, query_groups,
                     exclude_self, precision)
-    return prob.run()
+    return prob.kind.result(prob.run())
 
 
 def _prepare_banks(banks, kind: _Kind, fn: str, n_groups: Optional[int]):
-    """Banks as a ``(B, m)`` int64 id matrix; masks become ids padded with ``G`` (a pad
-    column of +inf is appended to the group minima). Returns (ids, G or None, is_mask)."""
-    torch = kind.torch
-    if _is_tensor(banks):
-        if not kind.is_torch:
-            raise TypeError(
-                f"{fn}: argument 'banks' must be a numpy array or sequence like 'queries', got {_describe(banks)}"
-            )
-        if banks.device != kind.device:
-            raise TypeError(
-                f"{fn}: argument 'banks' must be on {kind.device} like 'queries' (nothing is copied across "
-                f"devices), got a tensor on {banks.device}"
-            )
+    """Banks as a ``(B, m)`` int64 id tensor; masks become ids padded with ``G`` (a pad
+    column of +inf is appended to the group minima). Returns (ids, G or max id, is_mask)."""
+    if isinstance(banks, torch.Tensor):
+        _check_index_tensor(banks, kind, fn, "banks")
         is_bool = banks.dtype == torch.bool
         is_int = not is_bool and not banks.is_floating_point() and not banks.is_complex()
         shape = tuple(banks.shape)
@@ -411,25 +368,17 @@ def _prepare_banks(banks, kind: _Kind, fn: str, n_groups: Optional[int]):
         g = shape[1]
         if g == 0:
             raise ValueError(f"{fn}: argument 'banks' must cover at least one group, got shape {shape}")
-        if kind.is_torch:
-            mask = banks if _is_tensor(banks) else torch.as_tensor(banks, device=kind.device)
-            counts = mask.sum(1)
-            width = max(int(counts.max()), 1)
-            # Stable sort puts the True columns first, in order; the rest becomes padding.
-            order = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices[:, :width]
-            keep = torch.arange(width, device=kind.device)[None, :] < counts[:, None]
-            ids = torch.where(keep, order, torch.full_like(order, g))
-        else:
-            counts = banks.sum(1)
-            width = max(int(counts.max()), 1)
-            order = np.argsort(~banks, axis=1, kind="stable")[:, :width]
-            keep = np.arange(width)[None, :] < counts[:, None]
-            ids = np.where(keep, order, g).astype(np.int64)
-        return ids, g, True
+        mask = banks if isinstance(banks, torch.Tensor) else _from_numpy(banks).to(kind.device)
+        counts = mask.sum(1)
+        width = max(int(counts.max()), 1)
+        # Stable sort puts the True columns first, in order; the rest becomes padding.
+        order = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices[:, :width]
+        keep = torch.arange(width, device=kind.device)[None, :] < counts[:, None]
+        return torch.where(keep, order, torch.full_like(order, g)), g, True
     ids = _index_array(banks, kind, fn, "banks", 2)
     if shape[1] == 0:
         raise ValueError(f"{fn}: argument 'banks' must hold at least one group per bank, got shape {shape}")
-    lo, hi = _minmax(ids, kind)
+    lo, hi = _minmax(ids)
     if lo < 0 or (n_groups is not None and hi >= n_groups):
         bad = lo if lo < 0 else hi
         upper = n_groups if n_groups is not None else "G"
@@ -437,42 +386,26 @@ def _prepare_banks(banks, kind: _Kind, fn: str, n_groups: Optional[int]):
     return ids, hi, False
 
 
-def _bank_min(gm, ids, kind: _Kind, budget: int):
+def _bank_min(gm: torch.Tensor, ids: torch.Tensor, budget: int) -> torch.Tensor:
     """(c, B) min over each bank's groups of gm (c, G); NaN groups ignored, NaN if none."""
     c, g = gm.shape
     n_banks, width = ids.shape
     per_bank = max(1, c * width * 4)
     step = max(1, min(n_banks, budget // per_bank))
-    if kind.is_torch:
-        torch = kind.torch
-        inf = torch.full((c, 1), float("inf"), dtype=gm.dtype, device=gm.device)
-        gmi = torch.cat([torch.nan_to_num(gm, nan=float("inf")), inf], dim=1)
-        parts = [gmi[:, ids[b0:b0 + step]].amin(dim=2) for b0 in range(0, n_banks, step)]
-        out = torch.cat(parts, dim=1)
-        return out.masked_fill_(torch.isinf(out), float("nan"))
-    gmi = np.concatenate([np.where(np.isnan(gm), np.float32(np.inf), gm), np.full((c, 1), np.inf, np.float32)], 1)
-    out = np.empty((c, n_banks), np.float32)
-    for b0 in range(0, n_banks, step):
-        out[:, b0:b0 + step] = np.take(gmi, ids[b0:b0 + step], axis=1).min(axis=2)
-    out[np.isinf(out)] = np.nan
-    return out
+    inf = torch.full((c, 1), float("inf"), dtype=gm.dtype, device=gm.device)
+    gmi = torch.cat([torch.nan_to_num(gm, nan=float("inf")), inf], dim=1)
+    parts = [gmi[:, ids[b0:b0 + step]].amin(dim=2) for b0 in range(0, n_banks, step)]
+    out = torch.cat(parts, dim=1)
+    return out.masked_fill_(torch.isinf(out), float("nan"))
 
 
-def _nanmean_rows(x, kind: _Kind):
+def _nanmean_rows(x: torch.Tensor) -> torch.Tensor:
     """Mean of the non-NaN entries of every row; NaN where a row has none (no warnings)."""
-    if kind.is_torch:
-        torch = kind.torch
-        valid = ~torch.isnan(x)
-        total = torch.where(valid, x, torch.zeros_like(x)).sum(1, dtype=torch.float64)
-        count = valid.sum(1)
-        mean = total / count.clamp(min=1)
-        return mean.masked_fill_(count == 0, float("nan")).to(torch.float32)
-    valid = ~np.isnan(x)
-    total = np.where(valid, x, 0).sum(1, dtype=np.float64)
+    valid = ~torch.isnan(x)
+    total = torch.where(valid, x, torch.zeros_like(x)).sum(1, dtype=torch.float64)
     count = valid.sum(1)
-    mean = total / np.maximum(count, 1)
-    mean[count == 0] = np.nan
-    return mean.astype(np.float32)
+    mean = total / count.clamp(min=1)
+    return mean.masked_fill_(count == 0, float("nan")).to(torch.float32)
 
 
 def ensemble_distance(queries, memory, groups, banks, *, metric="cosine", query_groups=None, exclude_self=False,
@@ -526,19 +459,14 @@ def ensemble_distance(queries, memory, groups, banks, *, metric="cosine", query_
         chunk_size = _check_int(chunk_size, fn, "chunk_size", 1)
     n_banks = int(ids.shape[0])
     nq = prob.nq
-    if kind.is_torch:
-        torch = kind.torch
-        shape = (nq,) if reduce == "mean" else (nq, n_banks)
-        out = torch.empty(shape, dtype=torch.float32, device=kind.device)
-    else:
-        out = np.empty((nq,) if reduce == "mean" else (nq, n_banks), np.float32)
+    out = torch.empty((nq,) if reduce == "mean" else (nq, n_banks), dtype=torch.float32, device=kind.device)
     for start in range(0, nq, chunk_size):
         stop = min(nq, start + chunk_size)
         gm = prob.run(start, stop)
-        per_bank = _bank_min(gm, ids, kind, _DEFAULT_BUDGET // 2)
+        per_bank = _bank_min(gm, ids, _DEFAULT_BUDGET // 2)
         del gm
-        out[start:stop] = _nanmean_rows(per_bank, kind) if reduce == "mean" else per_bank
-    return out
+        out[start:stop] = _nanmean_rows(per_bank) if reduce == "mean" else per_bank
+    return kind.result(out)
 
 
 def bank_size(n_groups: int, ratio: float) -> int:
@@ -597,72 +525,49 @@ def expected_min_distance(group_min, bank_size, *, replace=True):
     """
     fn = "expected_min_distance"
     m = _check_int(bank_size, fn, "bank_size", 1)
-    if _is_tensor(group_min):
-        torch = _torch_mod()
+    if isinstance(group_min, torch.Tensor):
         if not group_min.is_floating_point():
             raise TypeError(f"{fn}: argument 'group_min' must be a float tensor, got {group_min.dtype}")
-        xp_torch = True
+        x = group_min
     elif isinstance(group_min, np.ndarray):
         if group_min.dtype.kind != "f":
             raise TypeError(f"{fn}: argument 'group_min' must be a float array, got {group_min.dtype}")
-        xp_torch = False
+        native = group_min.dtype in (np.float16, np.float32, np.float64)  # what torch can view
+        x = _from_numpy(group_min if native else group_min.astype(np.float64))
     else:
         raise TypeError(f"{fn}: argument 'group_min' must be a numpy.ndarray or torch.Tensor, got {_describe(group_min)}")
-    if group_min.ndim != 2:
+    if x.ndim != 2:
         raise ValueError(f"{fn}: argument 'group_min' must be 2-D (Nq, G), got shape {tuple(group_min.shape)}")
-    nq, g = int(group_min.shape[0]), int(group_min.shape[1])
+    nq, g = int(x.shape[0]), int(x.shape[1])
     if g == 0:
         raise ValueError(f"{fn}: argument 'group_min' must have at least one group column, got shape {(nq, g)}")
     rows = max(1, _DEFAULT_BUDGET // (8 * (g + 1) * 6))
-    if xp_torch:
-        out = torch.empty(nq, dtype=group_min.dtype, device=group_min.device)
-        ranks = torch.arange(1, g + 1, dtype=torch.float64, device=group_min.device)
-        for s in range(0, nq, rows):
-            x = group_min[s:s + rows].to(torch.float64)
-            xs = torch.sort(torch.nan_to_num(x, nan=float("inf")), dim=1).values
-            gq = (~torch.isnan(x)).sum(1, dtype=torch.float64)[:, None]
-            surv = _survival(torch, ranks, gq, m, replace)
-            p = surv[:, :-1] - surv[:, 1:]
-            e = torch.where(p > 0, p * xs, 0.0).sum(1)
-            e = torch.where(gq[:, 0] > 0, e, float("nan"))
-            out[s:s + rows] = e.to(group_min.dtype)
-        return out
-    out = np.empty(nq, dtype=group_min.dtype)
-    ranks = np.arange(1, g + 1, dtype=np.float64)
+    out = torch.empty(nq, dtype=x.dtype, device=x.device)
+    ranks = torch.arange(1, g + 1, dtype=torch.float64, device=x.device)
     for s in range(0, nq, rows):
-        x = group_min[s:s + rows].astype(np.float64)
-        xs = np.sort(x, axis=1)  # NaN last
-        gq = (~np.isnan(x)).sum(1).astype(np.float64)[:, None]
-        surv = _survival(np, ranks, gq, m, replace)
+        part = x[s:s + rows].to(torch.float64)
+        xs = torch.sort(torch.nan_to_num(part, nan=float("inf")), dim=1).values
+        gq = (~torch.isnan(part)).sum(1, dtype=torch.float64)[:, None]
+        surv = _survival(ranks, gq, m, replace)
         p = surv[:, :-1] - surv[:, 1:]
-        with np.errstate(invalid="ignore"):
-            e = np.where(p > 0, p * xs, 0.0).sum(1)
-        e[gq[:, 0] == 0] = np.nan
-        out[s:s + rows] = e
-    return out
+        e = torch.where(p > 0, p * xs, 0.0).sum(1)
+        out[s:s + rows] = torch.where(gq[:, 0] > 0, e, float("nan")).to(x.dtype)
+    if isinstance(group_min, torch.Tensor):
+        return out
+    return out.numpy().astype(group_min.dtype, copy=False)
 
 
-def _survival(xp, ranks, gq, m: int, replace: bool):
+def _survival(ranks: torch.Tensor, gq: torch.Tensor, m: int, replace: bool) -> torch.Tensor:
     """S[:, i-1] = P(min rank >= i) for i = 1..G+1 (rows: G' = gq)."""
-    cat = xp.cat if xp is not np else np.concatenate
     if replace:
-        safe = xp.clip(gq, 1, None) if xp is np else gq.clamp(min=1)
-        base = (gq - ranks + 1) / safe
-        base = xp.clip(base, 0, 1) if xp is np else base.clamp(0, 1)
-        surv = base ** m
-        zeros = surv[:, :1] * 0
-        return cat([surv, zeros], 1)
+        surv = ((gq - ranks + 1) / gq.clamp(min=1)).clamp(0, 1) ** m
+        return torch.cat([surv, torch.zeros_like(surv[:, :1])], 1)
     # S(1) = 1, S(i+1) = S(i) * (G'-i+1-m) / (G'-i+1), with non-positive factors -> 0.
     num = gq - ranks + 1 - m
     den = gq - ranks + 1
-    if xp is np:
-        factor = np.where(den > 0, np.clip(num, 0, None) / np.where(den > 0, den, 1), 0.0)
-        surv = np.cumprod(factor, axis=1)
-    else:
-        factor = xp.where(den > 0, num.clamp(min=0) / xp.where(den > 0, den, xp.ones_like(den)), 0.0)
-        surv = xp.cumprod(factor, dim=1)
-    ones = surv[:, :1] * 0 + 1
-    return cat([ones, surv], 1)
+    factor = torch.where(den > 0, num.clamp(min=0) / torch.where(den > 0, den, torch.ones_like(den)), 0.0)
+    surv = torch.cumprod(factor, dim=1)
+    return torch.cat([torch.ones_like(surv[:, :1]), surv], 1)
 
 
 def build_info() -> dict:

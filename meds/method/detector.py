@@ -16,6 +16,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from ..data.images import decode_image
 from .backbones import PatchFeatureExtractor
 from .scoring import anomaly_maps, resize_map, robust_threshold, top_fraction_mean
 
@@ -51,47 +52,19 @@ def load_images(images: Sequence[ImageLike], argument: str = "images") -> list[n
     """Read and check a list of images into ``(H, W, 3)`` uint8 RGB arrays.
 
     Args:
-        images: File paths, ``(H, W[, C])`` arrays (uint8, or float in ``[0, 1]``) or PIL
-            images.
+        images: File paths, PIL images or arrays, as :func:`meds.data.images.decode_image`
+            accepts them.
         argument: Name used in error messages.
 
     Raises:
         TypeError: ``images`` is not a sequence of those, or an array has another dtype.
         ValueError: An array has an impossible shape or float values outside ``[0, 1]``.
     """
-    from PIL import Image
-
-    from ..data import read_image
-
     if isinstance(images, (str, os.PathLike, np.ndarray, torch.Tensor)) and not (
         isinstance(images, np.ndarray) and images.ndim == 4
     ):
         raise TypeError(f"{argument}: expected a list of images (paths, arrays or PIL images), got {type(images).__name__}")
-    out = []
-    for i, image in enumerate(images):
-        if isinstance(image, (str, os.PathLike)):
-            out.append(read_image(image))
-            continue
-        if isinstance(image, Image.Image):
-            out.append(np.asarray(image.convert("RGB")))
-            continue
-        if not isinstance(image, np.ndarray):
-            raise TypeError(f"{argument}[{i}]: expected a path, numpy array or PIL image, got {type(image).__name__}")
-        if image.ndim == 2:
-            image = image[:, :, None]
-        if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
-            raise ValueError(f"{argument}[{i}]: expected shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {image.shape}")
-        if image.dtype == np.uint8:
-            pass
-        elif image.dtype in (np.float32, np.float64):
-            if not np.isfinite(image).all() or image.min() < 0.0 or image.max() > 1.0:
-                raise ValueError(f"{argument}[{i}]: float images must hold finite values in [0, 1]")
-            image = np.round(image * 255.0).astype(np.uint8)
-        else:
-            raise TypeError(f"{argument}[{i}]: expected dtype uint8 or float in [0, 1], got {image.dtype}")
-        image = image[:, :, :3] if image.shape[2] >= 3 else np.repeat(image, 3, axis=2)
-        out.append(np.ascontiguousarray(image))
-    return out
+    return [decode_image(image, f"{argument}[{i}]") for i, image in enumerate(images)]
 
 
 class PatchDetector:
