@@ -26,7 +26,9 @@ from meds.locking import LOCK_FILE, FolderLockedError, folder_lock
 from meds.method.network import NetworkConfig
 from meds.method.train import TrainConfig
 
-REPO = Path(__file__).resolve().parents[1]
+#: Subprocesses run here, so that they import the installed meds (as this process does),
+#: not the source tree.
+TESTS = Path(__file__).resolve().parent
 TINY = dict(image_size=64, network=NetworkConfig(dim=16, depth=1, heads=2), n_banks=5, device="cpu", verbose=False)
 SCHEDULE = TrainConfig(distill_steps=8, finetune_steps=8, batch_size=4, checkpoint_every=2)
 CLI_FAST = ["--image-size", "64", "--n-banks", "5", "--device", "cpu", "--quiet"]
@@ -36,11 +38,10 @@ SAVE_POINTS = ["data-written", "data-renamed", "manifest-written", "committed"]
 def python(code: str, *args, kill_at=None, check=False):
     """Run ``code`` in a fresh interpreter (argv[1:] = args), optionally with a kill point."""
     env = {k: v for k, v in os.environ.items() if k != KILL_ENV}
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     if kill_at:
         env[KILL_ENV] = kill_at
     result = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
-                            env=env, timeout=600)
+                            env=env, timeout=600, cwd=TESTS)
     if check and result.returncode != 0:
         raise AssertionError(result.stderr)
     return result
@@ -193,11 +194,10 @@ def test_a_checkpoint_whose_tensors_were_damaged_is_ignored_with_a_warning(data_
 
 def test_two_concurrent_cli_fits_into_one_folder(data_root, tmp_path, capsys):
     run = tmp_path / "run"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    env.pop(KILL_ENV, None)
+    env = {k: v for k, v in os.environ.items() if k != KILL_ENV}
     fit = ["fit", str(data_root), "--category", "wood", "--out", str(run), *CLI_FAST]
     first = subprocess.Popen([sys.executable, "-m", "meds", *fit, "--steps", "4", "--seed", "0"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=TESTS)
     deadline = time.monotonic() + 300
     while first.poll() is None and time.monotonic() < deadline:
         if (run / LOCK_FILE).is_file() and (run / LOCK_FILE).read_text().strip():
@@ -226,9 +226,8 @@ with folder_lock(sys.argv[1]):
 
 
 def test_save_and_fit_fail_at_once_while_another_process_holds_the_folder(saved, paths, tmp_path):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True, env=env)
+                              stdout=subprocess.PIPE, text=True, cwd=TESTS)
     try:
         assert holder.stdout.readline().strip() == "locked"
         start = time.monotonic()

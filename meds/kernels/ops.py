@@ -578,7 +578,9 @@ def build_info() -> dict:
         wgmma kernel is compiled in, i.e. an sm_90a target is in the list),
         ``cuda_runtime_version``, ``cuda_tc`` (the ``MEDS_CUDA_TC`` setting in effect:
         ``auto`` (default) uses the wgmma kernel for tf32/bf16/fp16 where it can run and
-        mma.sync elsewhere, ``mma`` always mma.sync, ``wgmma`` as auto), ``cuda_device_count``,
+        mma.sync elsewhere, ``mma`` always mma.sync, ``wgmma`` requires the wgmma kernel: a
+        tensor-core call where it cannot run raises; ``None`` if the setting was refused, with
+        the reason in ``cuda_tc_error``), ``cuda_device_count``,
         ``openmp``, ``openmp_version``, ``openmp_max_threads``, ``simd_compiled`` (list),
         ``simd_selected`` (the CPU kernel used on this machine; ``MEDS_CPU_SIMD=avx2|portable``
         lowers it), ``compiler`` and ``version``. ``meds._C.cuda_wgmma_status(device)`` says
