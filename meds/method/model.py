@@ -290,7 +290,7 @@ class MeDS(PatchDetector):
             centre, scale = robust_centre_scale(self._image_scores(values))
             self.fusion_stats_[name] = [centre, max(scale, 1e-12)]
         patch["fusion"] = self._fuse(patch["reconstruction"], patch["memory"])
-        self.thresholds_ = {name: robust_threshold(self._image_scores(values).cpu().numpy(), self.threshold_k)
+        self.thresholds_ = {name: robust_threshold(self._image_scores(values), self.threshold_k)
                             for name, values in patch.items()}
         self.threshold_ = self.thresholds_[self.final]
 

@@ -30,7 +30,6 @@ import dataclasses
 import math
 from typing import Callable
 
-import numpy as np
 import torch
 
 from ..kernels import ops
@@ -130,8 +129,9 @@ def leave_one_out_distance(
             queries, memory.rows, memory.images, present, metric=metric,
             query_groups=query_images, exclude_self=True,
         ).reshape(stop - start, length)
-    if torch.isnan(out).any():
-        out = torch.nan_to_num(out, nan=float(np.nanmax(out.cpu().numpy())))
+    missing = torch.isnan(out)
+    if missing.any():
+        out[missing] = out[~missing].max()
     return out
 
 
