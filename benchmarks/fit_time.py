@@ -57,7 +57,7 @@ def measure(n_train: int, work: str) -> dict:
         predict[final] = len(test) / (time.perf_counter() - t)
     return {
         "n_train": len(data.train), "n_noise": int(data.n_noise),
-        "steps_per_stage": auto_steps(len(data.train)),
+        "steps": {stage: auto_steps(len(data.train), stage) for stage in ("distill", "finetune")},
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
         "predict_images_per_second": {k: round(v, 1) for k, v in predict.items()},
         "memory_rows": int(model.memory_bank_.shape[0]),

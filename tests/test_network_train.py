@@ -10,6 +10,7 @@ from meds.method.scoring import anomaly_maps, gaussian_blur, robust_threshold, t
 from meds.method.train import (
     Checkpointer,
     TrainConfig,
+    auto_steps,
     distill,
     hard_mining_loss,
     learning_rate,
@@ -111,6 +112,14 @@ def test_learning_rate_warmup_then_cosine():
     assert learning_rate(cfg, 1000, 1000) == pytest.approx(0.1)
     lrs = [learning_rate(cfg, s, 1000) for s in range(10, 1000)]
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_auto_steps_scale_with_the_data_and_give_stage_3_twice_stage_2():
+    assert auto_steps(300, "distill") == 600 and auto_steps(300, "finetune") == 1200
+    assert auto_steps(10, "distill") == 150 and auto_steps(10, "finetune") == 300  # the floors
+    assert auto_steps(100_000, "finetune") == 10_000  # the paper's schedule caps it
+    with pytest.raises(ValueError, match="stage"):
+        auto_steps(300, "stage2")
 
 
 SMALL = NetworkConfig(dim=16, depth=1, heads=2, dropout=0.2)
