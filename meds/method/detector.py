@@ -212,6 +212,16 @@ class PatchDetector:
         if self.threshold_ is None:
             raise RuntimeError(f"{type(self).__name__}: call fit() (or load()) before predict()")
 
+    # -- export ----------------------------------------------------------------------
+
+    def export(self, path: Union[str, os.PathLike], format: str = "onnx", *, half: bool = False,
+               input_size: Optional[Sequence[int]] = None) -> Path:
+        """Write one ONNX or OpenVINO graph from pixels to decision (:mod:`~meds.method.export`);
+        :class:`meds.deploy.Detector` runs it without torch. Returns the written file."""
+        from .export import export_model
+
+        return export_model(self, path, format, half=half, input_size=input_size)
+
     # -- prediction ------------------------------------------------------------------
 
     def predict(self, images: Sequence[ImageLike], *, return_maps: bool = True) -> Prediction:

@@ -33,16 +33,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import __version__
+from ..deploy.interface import GRAPH_FORMAT, INPUT_NAME, METADATA_KEY, OUTPUT_NAMES
 from .scoring import anomaly_maps
 
 #: Formats :func:`export_model` writes.
 EXPORT_FORMATS = ("onnx", "openvino")
-#: Version of the graph's interface (inputs, outputs, metadata keys); readers accept any.
-GRAPH_FORMAT = 1
-#: Key of the JSON metadata in the ONNX ``metadata_props`` / OpenVINO ``rt_info``.
-METADATA_KEY = "meds"
-INPUT_NAME = "image"
-OUTPUT_NAMES = ("pred_score", "anomaly_map", "pred_label")
 _OPSET = 17  # LayerNormalization; onnxruntime >= 1.14 and OpenVINO >= 2023 run it
 
 
@@ -238,13 +233,15 @@ class DecisionGraph(nn.Module):
         self.threshold = float(_float32_at_most(float(model.threshold_)))
 
     def forward(self, image: torch.Tensor):
-        x = image
+        # Normalised before the resize (rows of the resize matrices sum to 1, so it commutes
+        # up to rounding): OpenVINO's CPU plugin cannot compile an FP16 model whose per-channel
+        # normalisation follows a MatMul.
+        x = (image - self.mean) / self.std
         if self.resize:
             x = self.resize_rows @ x @ self.resize_cols_t
         if self.crop is not None:
             top, bottom, left, right = self.crop
             x = x[:, :, top:bottom, left:right]
-        x = (x - self.mean) / self.std
         levels = self.extractor._levels(x)
         k = self.extractor.neighbourhood
         if k > 1:
@@ -375,7 +372,7 @@ def _write_openvino(ov, proto, readable: dict, path: Path, half: bool) -> Path:
     with tempfile.TemporaryDirectory(prefix=f".{path.stem}.", dir=path.parent) as tmp:
         onnx_file = Path(tmp) / "graph.onnx"
         onnx_file.write_bytes(proto.SerializeToString())
-        converted = ov.convert_model(str(onnx_file))
+        converted = ov.Core().read_model(str(onnx_file))
         for key, value in readable.items():
             converted.set_rt_info(value, [METADATA_KEY, key])
         xml = Path(tmp) / "model.xml"
