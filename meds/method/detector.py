@@ -215,12 +215,13 @@ class PatchDetector:
     # -- export ----------------------------------------------------------------------
 
     def export(self, path: Union[str, os.PathLike], format: str = "onnx", *, half: bool = False,
-               input_size: Optional[Sequence[int]] = None) -> Path:
-        """Write one ONNX or OpenVINO graph from pixels to decision (:mod:`~meds.method.export`);
-        :class:`meds.deploy.Detector` runs it without torch. Returns the written file."""
+               input_size: Optional[Sequence[int]] = None, chunk: int = 2048) -> Path:
+        """Write one ONNX or OpenVINO graph from pixels to decision; :class:`meds.deploy.Detector`
+        runs it without torch. Arguments as :func:`meds.method.export.export_model`; returns
+        the written file."""
         from .export import export_model
 
-        return export_model(self, path, format, half=half, input_size=input_size)
+        return export_model(self, path, format, half=half, input_size=input_size, chunk=chunk)
 
     # -- prediction ------------------------------------------------------------------
 
