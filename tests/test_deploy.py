@@ -40,6 +40,17 @@ def run_without_torch(code: str, cwd: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: on a shared 2-core machine more threads only contend (10x slower)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def paths(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic")
@@ -85,7 +96,7 @@ def test_onnxruntime_and_openvino_give_predict_results(fitted, paths, final, tmp
     written = {fmt: view.export(tmp_path / final, fmt, chunk=64) for fmt in ("onnx", "openvino")}
     assert written["onnx"].suffix == ".onnx" and written["openvino"].with_suffix(".bin").is_file()
     for path in written.values():
-        detector = Detector(path)
+        detector = Detector(path, threads=1)
         assert detector.input_size == (120, 120) and detector.meds_version == meds.__version__
         assert detector.metadata["final"] == final and detector.metadata["threshold"] == view.threshold_
         assert detector.metadata["normalisation"] == {"mean": [0.5] * 3, "std": [0.5] * 3}
@@ -109,14 +120,14 @@ def test_the_memory_search_is_chunked_in_the_graph(fitted, tmp_path):
 def test_a_baseline_exports_too(paths, tmp_path):
     baseline = NearestNeighbourDetector(image_size=96, device="cpu", verbose=False).fit(paths[0][:4])
     expected = baseline.predict(paths[1])
-    assert_same(Detector(baseline.export(tmp_path / "nn.onnx", chunk=100)).predict(paths[1]), expected)
+    assert_same(Detector(baseline.export(tmp_path / "nn.onnx", chunk=100), threads=1).predict(paths[1]), expected)
 
 
 def test_openvino_fp16_is_close(fitted, paths, tmp_path):
     fp32 = fitted.export(tmp_path / "fp32", "openvino")
     fp16 = fitted.export(tmp_path / "fp16", "openvino", half=True)
     assert fp16.with_suffix(".bin").stat().st_size < 0.6 * fp32.with_suffix(".bin").stat().st_size
-    detector = Detector(fp16)
+    detector = Detector(fp16, threads=1)
     assert detector.metadata["precision"] == "fp16"
     np.testing.assert_allclose(detector.predict(paths[1]).scores, fitted.predict(paths[1]).scores, rtol=1e-2)
 
@@ -136,7 +147,7 @@ def test_detector_and_cli_run_without_torch(fitted, paths, tmp_path):
         import meds
         from meds.deploy import Detector, Prediction
         expected = json.load(open("expected.json"))
-        detector = Detector("{exported}")
+        detector = Detector("{exported}", threads=1)
         images = expected["paths"][:4] + [np.asarray(Image.open(p)) for p in expected["paths"][4:]]
         out = detector.predict(images, batch_size=3)
         assert isinstance(out, Prediction)
@@ -170,7 +181,7 @@ def test_cli_export_writes_a_file_that_detector_loads(fitted, paths, tmp_path):
     fitted.save(tmp_path / "run" / "tile")
     assert meds_main(["export", str(tmp_path / "run"), "--category", "tile", "--format", "onnx",
                       "--out", str(tmp_path / "tile.onnx"), "--quiet"]) == 0
-    detector = Detector(tmp_path / "tile.onnx")
+    detector = Detector(tmp_path / "tile.onnx", threads=1)
     assert detector.input_size == (120, 120)
     np.testing.assert_allclose(detector.predict(paths[1][:2]).scores, fitted.predict(paths[1][:2]).scores, rtol=1e-4)
 
@@ -184,7 +195,7 @@ def test_a_file_from_another_meds_version_loads(fitted, paths, tmp_path):
             metadata.update(meds_version="0.0.9", graph_format=0)
             entry.value = json.dumps(metadata)
     onnx.save(model, str(tmp_path / "old.onnx"))
-    detector = Detector(tmp_path / "old.onnx")
+    detector = Detector(tmp_path / "old.onnx", threads=1)
     assert detector.meds_version == "0.0.9"
     assert detector.predict(paths[1][:1]).scores.shape == (1,)
 
