@@ -21,7 +21,7 @@ from meds.method.model import FINAL_DETECTORS
 from meds.method.network import NetworkConfig
 from meds.method.train import TrainConfig
 
-onnx = pytest.importorskip("onnx")  # the deploy extra is part of the test extra: CI never skips
+import onnx  # noqa: E402  (the deploy extra is part of the test extra: these tests never skip)
 
 # Runs a script in a fresh interpreter in which `import torch` fails.
 NO_TORCH = textwrap.dedent("""

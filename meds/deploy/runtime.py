@@ -18,7 +18,7 @@ import numpy as np
 
 from ..data.images import decode_image
 from ..method.prediction import Prediction
-from .interface import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, REQUIRED_FIELDS
+from ..method.export_interface import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, REQUIRED_FIELDS
 
 BACKENDS = ("onnxruntime", "openvino")
 

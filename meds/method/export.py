@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import __version__
-from ..deploy.interface import GRAPH_FORMAT, INPUT_NAME, METADATA_KEY, OUTPUT_NAMES
+from .export_interface import GRAPH_FORMAT, INPUT_NAME, METADATA_KEY, OUTPUT_NAMES
 from .scoring import anomaly_maps
 
 #: Formats :func:`export_model` writes.
