@@ -1,8 +1,11 @@
 """Inference speed and memory: torch eager ``MeDS.predict`` vs the exported graph.
 
 Fits MeDS (default backbone and network, a short schedule: speed does not depend on how
-long it trained) on N synthetic "tile" images of 256x256, exports it for every runtime, and
-then, for each final detector, runs each runtime in its own process:
+long it trained) on N synthetic "tile" images of 256x256, gives its memory detector the
+memory of ``--memory-images`` images (the default coreset of every one of their patches, as if
+all were trusted; fitting on that many only to get this memory would take many minutes
+here), exports it for every runtime, and then, for each final detector, runs each runtime in
+its own process with ``--threads`` threads:
 
 * ``torch``: ``MeDS.load(folder).predict(arrays)`` (eager, as the user calls it);
 * ``onnxruntime``: ``meds.deploy.Detector(model.onnx)``;
@@ -15,8 +18,8 @@ second at batch 1 (one image per call) and batch 16 (best of ``--repeats``), the
 during inference (``VmHWM`` reset before the first call, via ``/proc/self/clear_refs``) and
 its growth over the RSS after loading, and each runtime's speed relative to torch.
 
-    python benchmarks/inference.py                       # 300 training images
-    python benchmarks/inference.py --train 60 --steps 20 # quick
+    python benchmarks/inference.py                       # a 300-image memory
+    python benchmarks/inference.py --memory-images 60    # quick
 
 Prints one JSON line per (final, runtime) and a table.
 """
@@ -36,20 +39,23 @@ def _rss_kib(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def child(runtime: str, target: str, images: str, repeats: int) -> dict:
+def child(runtime: str, target: str, images: str, repeats: int, threads: int) -> dict:
     """Runs in its own process: load ``target`` with ``runtime``, time it, measure memory."""
     import numpy as np
 
     arrays = list(np.load(images))
     if runtime == "torch":
+        import torch
+
         import meds
 
+        torch.set_num_threads(threads)
         model = meds.MeDS.load(target, device="cpu", verbose=False)
         predict = model.predict
     else:
         from meds.deploy import Detector
 
-        predict = Detector(target).predict
+        predict = Detector(target, threads=threads).predict
     predict(arrays[:1])  # warm-up: lazy initialisation of every runtime
     loaded = _rss_kib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
@@ -67,20 +73,25 @@ def child(runtime: str, target: str, images: str, repeats: int) -> dict:
             "peak_rss_mib": round(peak / 1024), "inference_growth_mib": round((peak - loaded) / 1024)}
 
 
-def prepare(n_train: int, steps: int, work: Path, finals) -> tuple[dict, Path, int]:
+def prepare(n_train: int, n_memory: int, steps: int, work: Path, finals) -> tuple[dict, Path, int]:
     """Fit, save and export; returns ``{final: {runtime: target}}``, the image file, memory rows."""
     import numpy as np
+    import torch
 
     import meds
     from meds.data import generate_synthetic, load_dataset
     from meds.data.images import decode_image
     from meds.method.train import TrainConfig
+    from meds.method.trusted import PatchMemory, image_coreset
 
-    root = generate_synthetic(work / f"data{n_train}", categories=["tile"], n_train=n_train, n_test_good=16,
-                              n_test_defect=16, image_size=256, seed=0)
+    root = generate_synthetic(work / f"data{n_memory}", categories=["tile"], n_train=max(n_train, n_memory),
+                              n_test_good=16, n_test_defect=16, image_size=256, seed=0)
     data = load_dataset(root, category="tile", format="mvtec")
     model = meds.MeDS(device="cpu", verbose=False, train=TrainConfig(distill_steps=steps, finetune_steps=steps))
-    model.fit(data.train_paths())
+    model.fit(data.train_paths()[:n_train])
+    features = model.training_features(data.train_paths()[:n_memory])
+    keep = torch.arange(n_memory)
+    model.memory_bank_ = PatchMemory.of(features, keep, image_coreset(features, model.coreset_ratio)).rows.contiguous()
     images = work / "images.npy"
     np.save(images, np.stack([decode_image(p) for p in data.test_paths()[:16]]))
     targets = {}
@@ -101,7 +112,9 @@ def prepare(n_train: int, steps: int, work: Path, finals) -> tuple[dict, Path, i
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train", type=int, default=300, help="training images (default 300)")
+    parser.add_argument("--train", type=int, default=60, help="training images of the fit (default 60)")
+    parser.add_argument("--memory-images", type=int, default=300, help="images in the memory (default 300)")
+    parser.add_argument("--threads", type=int, default=1, help="threads of every runtime (default 1)")
     parser.add_argument("--steps", type=int, default=50, help="steps of stages 2 and 3 (default 50)")
     parser.add_argument("--finals", default="reconstruction,memory", help="final detectors to time")
     parser.add_argument("--repeats", type=int, default=3, help="batch-16 repeats; the best counts")
@@ -110,25 +123,28 @@ def main(argv=None) -> int:
     parser.add_argument("--child", nargs=3, metavar=("RUNTIME", "TARGET", "IMAGES"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(child(*args.child, args.repeats)))
+        print(json.dumps(child(*args.child, args.repeats, args.threads)))
         return 0
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     finals = [f.strip() for f in args.finals.split(",") if f.strip()]
-    targets, images, memory_rows = prepare(args.train, args.steps, work, finals)
+    targets, images, memory_rows = prepare(args.train, args.memory_images, args.steps, work, finals)
     rows = []
     for final in finals:
         for runtime, target in targets[final].items():
             kind = "onnxruntime" if runtime.startswith("onnxruntime") else runtime
-            out = subprocess.run([sys.executable, __file__, "--repeats", str(args.repeats), "--child", kind,
+            out = subprocess.run([sys.executable, __file__, "--repeats", str(args.repeats), "--threads",
+                                  str(args.threads), "--child", kind,
                                   str(target), str(images)],
                                  capture_output=True, text=True, check=True)
-            row = {"final": final, "runtime": runtime, "train_images": args.train, "memory_rows": memory_rows,
+            row = {"final": final, "runtime": runtime, "memory_images": args.memory_images,
+                   "memory_rows": memory_rows, "threads": args.threads,
                    **json.loads(out.stdout.strip().splitlines()[-1])}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    print(f"\n{args.train} training images of 256 px, encoder input 224 px; memory detector: {memory_rows} rows\n")
+    print(f"\n256 px images, encoder input 224 px, {args.threads} thread(s); memory detector: "
+          f"{args.memory_images} images, {memory_rows} rows\n")
     print("| final | runtime | img/s batch 1 | img/s batch 16 | × torch (1 / 16) | peak RSS | RSS growth in inference |")
     print("|---|---|---|---|---|---|---|")
     for row in rows:
