@@ -1,11 +1,12 @@
 """Inference speed and memory: torch eager ``MeDS.predict`` vs the exported graph.
 
 Fits MeDS (default backbone and network, a short schedule: speed does not depend on how
-long it trained) on N synthetic "tile" images of 256x256, gives its memory detector the
-memory of ``--memory-images`` images (the default coreset of every one of their patches, as if
-all were trusted; fitting on that many only to get this memory would take many minutes
-here), exports it for every runtime, and then, for each final detector, runs each runtime in
-its own process with ``--threads`` threads:
+long it trained) on N synthetic "tile" images of 256x256, gives its memory detector a memory
+the size of a ``--memory-images`` one (``memory_images * ceil(coreset_ratio * L)`` rows: the
+fitted memory's rows repeated; speed and working memory depend only on its shape, and
+fitting on that many images only to get it takes many minutes on 2 shared cores), exports it
+for every runtime, and then, for each final detector, runs each runtime in its own process
+with ``--threads`` threads:
 
 * ``torch``: ``MeDS.load(folder).predict(arrays)`` (eager, as the user calls it);
 * ``onnxruntime``: ``meds.deploy.Detector(model.onnx)``;
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import time
@@ -76,22 +78,21 @@ def child(runtime: str, target: str, images: str, repeats: int, threads: int) ->
 def prepare(n_train: int, n_memory: int, steps: int, work: Path, finals) -> tuple[dict, Path, int]:
     """Fit, save and export; returns ``{final: {runtime: target}}``, the image file, memory rows."""
     import numpy as np
-    import torch
 
     import meds
     from meds.data import generate_synthetic, load_dataset
     from meds.data.images import decode_image
     from meds.method.train import TrainConfig
-    from meds.method.trusted import PatchMemory, image_coreset
 
-    root = generate_synthetic(work / f"data{n_memory}", categories=["tile"], n_train=max(n_train, n_memory),
-                              n_test_good=16, n_test_defect=16, image_size=256, seed=0)
+    root = generate_synthetic(work / f"data{n_train}", categories=["tile"], n_train=n_train, n_test_good=16,
+                              n_test_defect=16, image_size=256, seed=0)
     data = load_dataset(root, category="tile", format="mvtec")
     model = meds.MeDS(device="cpu", verbose=False, train=TrainConfig(distill_steps=steps, finetune_steps=steps))
-    model.fit(data.train_paths()[:n_train])
-    features = model.training_features(data.train_paths()[:n_memory])
-    keep = torch.arange(n_memory)
-    model.memory_bank_ = PatchMemory.of(features, keep, image_coreset(features, model.coreset_ratio)).rows.contiguous()
+    model.fit(data.train_paths())
+    per_image = math.ceil(model.coreset_ratio * model.grid_[0] * model.grid_[1])
+    rows = n_memory * per_image
+    bank = model.memory_bank_
+    model.memory_bank_ = bank.repeat(math.ceil(rows / bank.shape[0]), 1)[:rows].contiguous()
     images = work / "images.npy"
     np.save(images, np.stack([decode_image(p) for p in data.test_paths()[:16]]))
     targets = {}
@@ -112,10 +113,10 @@ def prepare(n_train: int, n_memory: int, steps: int, work: Path, finals) -> tupl
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train", type=int, default=60, help="training images of the fit (default 60)")
+    parser.add_argument("--train", type=int, default=24, help="training images of the fit (default 24)")
     parser.add_argument("--memory-images", type=int, default=300, help="images in the memory (default 300)")
     parser.add_argument("--threads", type=int, default=1, help="threads of every runtime (default 1)")
-    parser.add_argument("--steps", type=int, default=50, help="steps of stages 2 and 3 (default 50)")
+    parser.add_argument("--steps", type=int, default=20, help="steps of stages 2 and 3 (default 20)")
     parser.add_argument("--finals", default="reconstruction,memory", help="final detectors to time")
     parser.add_argument("--repeats", type=int, default=3, help="batch-16 repeats; the best counts")
     parser.add_argument("--work", default="bench_out/inference", help="where data and models go")
