@@ -2,6 +2,7 @@
 
     meds fit DATA [--category C] --out RUN        train one model per category
     meds predict RUN IMAGES... --out DIR          scores, labels and heat maps
+    meds export RUN --format onnx --out FILE      one ONNX / OpenVINO graph, pixels to decision
     meds audit DATA [--category C] --out DIR      rank the training images by suspicion
     meds eval DATA --noise 0,0.1 --seeds 0,1,2    the noise-robustness table
     meds demo                                     everything above on a synthetic set
@@ -106,11 +107,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser("predict", help="score images with a trained model")
-    p.add_argument("run", help="a model folder, or a run folder with --category")
+    p.add_argument("run", help="a model folder, a run folder with --category, or an exported .onnx / .xml")
     p.add_argument("images", nargs="+", help="image files or folders of images")
     p.add_argument("--category", help="category model inside the run folder")
     p.add_argument("--out", required=True, help="output folder (predictions.csv, heatmaps/)")
     p.add_argument("--device", default="auto")
+    _add_common(p)
+
+    p = sub.add_parser("export", help="export a trained model to ONNX or OpenVINO (runs without torch)")
+    p.add_argument("run", help="a model folder, or a run folder with --category")
+    p.add_argument("--category", help="category model inside the run folder")
+    p.add_argument("--format", required=True, choices=["onnx", "openvino"])
+    p.add_argument("--out", required=True, help="output file (.onnx, or .xml with a .bin beside it)")
+    p.add_argument("--half", action="store_true", help="OpenVINO: FP16 weights")
+    p.add_argument("--input-size", type=_int_list, default=None,
+                   help="H,W of the input images (default: the training images' size)")
     _add_common(p)
 
     p = sub.add_parser("audit", help="rank the training images by suspicion (HTML + CSV)")
@@ -285,19 +296,49 @@ def _resolve_model_dir(run: str, category: Optional[str]) -> Path:
     raise CLIError(f"{path} holds no model (no {CONFIG_FILE}); train one with 'meds fit'")
 
 
+def _is_exported(run: str) -> bool:
+    return Path(run).suffix in (".onnx", ".xml")
+
+
 def cmd_predict(args) -> int:
-    from ..method.model import MeDS
     from .report import write_prediction_outputs
 
-    model_dir = _resolve_model_dir(args.run, args.category)
     paths = _expand_images(args.images)
-    model = MeDS.load(model_dir, device=args.device, verbose=not args.quiet)
+    if _is_exported(args.run):
+        from ..deploy import Detector
+
+        if args.category:
+            raise CLIError(f"--category chooses a model inside a run folder; {args.run} is one exported model")
+        try:
+            model = Detector(args.run)
+        except ImportError as error:
+            raise CLIError(str(error)) from None
+    else:
+        from ..method.model import MeDS
+
+        model = MeDS.load(_resolve_model_dir(args.run, args.category), device=args.device, verbose=not args.quiet)
     pred = model.predict(paths)
     written = write_prediction_outputs(paths, pred.scores, pred.labels, pred.maps, None, args.out, pred.threshold,
                                        progress=not args.quiet)
     n_bad = int(pred.labels.sum())
     _say(f"{len(paths)} images scored, {n_bad} above the threshold {pred.threshold:.4f}")
     _say(f"wrote {written.get('csv', Path(args.out) / 'predictions.csv')}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from ..method.model import MeDS
+
+    if args.half and args.format != "openvino":
+        raise CLIError("--half needs --format openvino (ONNX is exported in FP32)")
+    if args.input_size is not None and (len(args.input_size) != 2 or min(args.input_size) < 1):
+        raise CLIError(f"--input-size: expected H,W (two positive integers), got {args.input_size}")
+    model = MeDS.load(_resolve_model_dir(args.run, args.category), device="cpu", verbose=not args.quiet)
+    try:
+        written = model.export(args.out, args.format, half=args.half, input_size=args.input_size)
+    except ImportError as error:
+        raise CLIError(str(error)) from None
+    _say(f"wrote {written} ({args.format}{' FP16' if args.half else ''}, final detector {model.final})")
     return 0
 
 
@@ -398,7 +439,7 @@ def cmd_bench(args) -> int:
 
 
 COMMANDS = {"fit": cmd_fit, "predict": cmd_predict, "audit": cmd_audit, "eval": cmd_eval,
-            "demo": cmd_demo, "bench": cmd_bench}
+            "demo": cmd_demo, "bench": cmd_bench, "export": cmd_export}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

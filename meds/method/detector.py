@@ -8,7 +8,6 @@ baselines differ only in how they fit and score patches.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -18,27 +17,10 @@ import torch
 
 from ..data.images import decode_image
 from .backbones import PatchFeatureExtractor
+from .prediction import Prediction
 from .scoring import anomaly_maps, resize_map, robust_threshold, top_fraction_mean
 
 ImageLike = Union[str, os.PathLike, np.ndarray, "PIL.Image.Image"]  # noqa: F821
-
-
-@dataclasses.dataclass
-class Prediction:
-    """Output of :meth:`PatchDetector.predict`.
-
-    Attributes:
-        scores: ``(N,)`` image anomaly scores (higher = more anomalous).
-        maps: ``N`` pixel maps, each ``(H_i, W_i)`` at its image's own size.
-        labels: ``(N,)`` bool, ``scores > threshold``; a NaN score is labelled anomalous
-            (never good).
-        threshold: The image-score threshold used for ``labels``.
-    """
-
-    scores: np.ndarray
-    maps: list
-    labels: np.ndarray
-    threshold: float
 
 
 def resolve_device(device: Union[str, torch.device]) -> torch.device:
@@ -119,6 +101,7 @@ class PatchDetector:
         self.threshold_: Optional[float] = None
         self.grid_: Optional[tuple] = None
         self.group_dims_: Optional[tuple] = None
+        self.train_image_size_: Optional[tuple] = None  # (H, W) of the training images
 
     # -- configuration ---------------------------------------------------------------
 
@@ -188,6 +171,7 @@ class PatchDetector:
                     f"category), got {a} and {b}"
                 )
             features.append(batch)
+        self.train_image_size_ = tuple(int(v) for v in next(iter(sizes)))
         return torch.cat(features)
 
     def maps_from_patch_scores(self, patch_scores: torch.Tensor) -> torch.Tensor:
@@ -227,6 +211,17 @@ class PatchDetector:
     def _check_fitted(self) -> None:
         if self.threshold_ is None:
             raise RuntimeError(f"{type(self).__name__}: call fit() (or load()) before predict()")
+
+    # -- export ----------------------------------------------------------------------
+
+    def export(self, path: Union[str, os.PathLike], format: str = "onnx", *, half: bool = False,
+               input_size: Optional[Sequence[int]] = None, chunk: int = 2048) -> Path:
+        """Write one ONNX or OpenVINO graph from pixels to decision; :class:`meds.deploy.Detector`
+        runs it without torch. Arguments as :func:`meds.method.export.export_model`; returns
+        the written file."""
+        from .export import export_model
+
+        return export_model(self, path, format, half=half, input_size=input_size, chunk=chunk)
 
     # -- prediction ------------------------------------------------------------------
 

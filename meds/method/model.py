@@ -103,6 +103,8 @@ class MeDS(PatchDetector):
             each, in order; see :mod:`~meds.method.fingerprint`); ``None`` after
             :meth:`fit_features`.
         memory_scores_: ``(N,)`` stage-1 image scores (top-1% mean of the patch scores).
+        train_image_size_: ``(H, W)`` of the training images (the input size of
+            :meth:`export`); ``None`` in folders saved before it was recorded.
         distilled_network_: The stage-2 network (``theta_0``; not saved by :meth:`save`).
         distilled_scores_: ``(N,)`` its image scores on the training set.
         threshold_: Image-score threshold of ``predict(...).labels``.

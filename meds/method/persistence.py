@@ -60,6 +60,7 @@ def save_model(model: "MeDS", path: Union[str, Path]) -> Path:
             "group_dims": list(model.group_dims_),
             "history": [list(h) for h in model.history_],
             "training_files": model.training_files_,
+            "image_size": list(model.train_image_size_) if model.train_image_size_ else None,
         },
     }
     with folder_lock(path, "MeDS.save"):
@@ -236,6 +237,9 @@ def load_model(cls, path: Union[str, Path], *, device: str = "auto", verbose: bo
                                        and files_seen.get("count") == len(files_seen["files"])):
         raise cfg.fail("fitted.training_files", "must be null or hold count, sha256 and files")
     model.training_files_ = files_seen
+    # Optional: folders written before it was recorded have no training image size.
+    if cfg.get("fitted").get("image_size") is not None:
+        model.train_image_size_ = cfg.ints("fitted.image_size", 2)
 
     weights = files[WEIGHTS_STEM]
     tensors = load_tensors(weights, resolve_device(device))
