@@ -60,6 +60,7 @@ def save_model(model: "MeDS", path: Union[str, Path]) -> Path:
             "group_dims": list(model.group_dims_),
             "history": [list(h) for h in model.history_],
             "training_files": model.training_files_,
+            "labels": model.label_counts_,
         },
     }
     with folder_lock(path, "MeDS.save"):
@@ -236,6 +237,12 @@ def load_model(cls, path: Union[str, Path], *, device: str = "auto", verbose: bo
                                        and files_seen.get("count") == len(files_seen["files"])):
         raise cfg.fail("fitted.training_files", "must be null or hold count, sha256 and files")
     model.training_files_ = files_seen
+    # Absent from folders written before fits took labels: those used none.
+    counts = cfg.get("fitted.labels") if "labels" in cfg.mapping("fitted", []) else {"defective": 0, "good": 0}
+    if not (isinstance(counts, dict) and set(counts) == {"defective", "good"}
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts.values())):
+        raise cfg.fail("fitted.labels", f"must be {{'defective': n, 'good': m}} with counts >= 0, got {counts!r}")
+    model.label_counts_ = dict(counts)
 
     weights = files[WEIGHTS_STEM]
     tensors = load_tensors(weights, resolve_device(device))
