@@ -185,13 +185,13 @@ class _Collector(HTMLParser):
         for key in ("src", "href"):
             if d.get(key) is not None:
                 self.refs.append(d[key])
-        if tag == "tr":
+        if tag == "div":
             classes = (d.get("class") or "").split()
             if "entry" in classes:
                 self.rows.append({"kind": "entry", "score": float(d["data-score"]), "rank": int(d["data-rank"])})
             elif "cut" in classes:
                 self.rows.append({"kind": "cut"})
-        if tag == "td" and d.get("class") == "file" and self.rows:
+        if tag == "div" and d.get("class") == "file" and self.rows:
             self.rows[-1]["title"] = d.get("title")
 
 
@@ -223,7 +223,7 @@ def test_audit_report_html_csv_and_cut(tmp_path):
         settings={"category": "bottle", "noise": {"ratio": 0.1, "overlap": False}, "k": 3},
     )
     html_text = Path(res["html"]).read_text(encoding="utf-8")
-    assert "<script" not in html_text.lower()
+    assert html_text.lower().count("<script") == 1  # the page's own (meds.app.review)
     assert "&lt;script&gt;" in html_text
     assert "<b>" not in html_text
 
@@ -236,7 +236,7 @@ def test_audit_report_html_csv_and_cut(tmp_path):
         assert "://" not in ref and not ref.startswith("//") and not ref.startswith("/")
         assert (tmp_path / ref).is_file(), ref
     assert "http://" not in html_text and "https://" not in html_text
-    assert "script" not in parser.tags
+    assert parser.tags.count("script") == 1
     # Ranked by score, most suspicious first; ranks assigned 1..n.
     entry_rows = [r for r in parser.rows if r["kind"] == "entry"]
     scores = [r["score"] for r in entry_rows]
