@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 from html.parser import HTMLParser
 from pathlib import Path
@@ -262,6 +263,12 @@ def test_audit_report_html_csv_and_cut(tmp_path):
         assert float(r["score"]) == e.score
         assert r["selected"] == ("true" if e.selected else "false")
         assert r["label"] == ("" if e.label is None else str(e.label))
+    # The originals shown beside the heat maps; the initial marks the fit used.
+    assert sorted(p.name for p in res["originals"]) == sorted(p.name for p in res["thumbs"])
+    assert 'data-given="' not in html_text
+    marked = [dataclasses.replace(e, mark="defective" if i == 1 else None) for i, e in enumerate(entries)]
+    again = Path(write_audit_report(marked, tmp_path / "marked")["html"]).read_text(encoding="utf-8")
+    assert again.count('data-given="defective"') == 1
     # One thumbnail per entry that has an image; none left as temp files.
     thumbs = sorted(p.name for p in (tmp_path / "thumbs").iterdir())
     assert len(thumbs) == len(entries) - 1 and all(t.endswith(".png") and not t.startswith(".") for t in thumbs)

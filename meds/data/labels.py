@@ -54,15 +54,22 @@ def _parts(path: Union[str, os.PathLike]) -> tuple:
     return tuple(p for p in str(path).replace("\\", "/").split("/") if p)
 
 
+def _tails(parts: Sequence[tuple]) -> dict:
+    """Every trailing part of every path -> the indices of the paths that end with it."""
+    index: dict = {}
+    for i, mine in enumerate(parts):
+        for depth in range(1, len(mine) + 1):
+            index.setdefault(mine[-depth:], []).append(i)
+    return index
+
+
 def label_keys(paths: Sequence[Union[str, os.PathLike]]) -> list[str]:
     """The shortest trailing part of each path (whole components) that no other path ends with."""
     parts = [_parts(p) for p in paths]
+    index = _tails(parts)
     keys = []
     for mine in parts:
-        for depth in range(1, len(mine) + 1):
-            tail = mine[-depth:]
-            if sum(1 for other in parts if other[-depth:] == tail) == 1:
-                break
+        depth = next((d for d in range(1, len(mine) + 1) if len(index[mine[-d:]]) == 1), len(mine))
         keys.append("/".join(mine[-depth:]))
     return keys
 
@@ -99,10 +106,13 @@ def match_labels(entries: Sequence[tuple[str, str]], paths: Sequence[Union[str, 
         ValueError: naming the first entry that matches no training image or several.
     """
     parts = [_parts(p) for p in paths]
+    index = _tails(parts)
     labels: list[Optional[str]] = [None] * len(paths)
     for name, label in entries:
         tail = _parts(name)
-        hits = [i for i, mine in enumerate(parts) if tail and mine[-len(tail):] == tail]
+        hits = index.get(tail, [])
+        if len(hits) > 1:  # a whole path wins over the longer paths it is a tail of
+            hits = [i for i in hits if parts[i] == tail] or hits
         if not hits:
             raise ValueError(f"{source}: {name!r} is not a training image of this data set")
         if len(hits) > 1:
