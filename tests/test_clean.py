@@ -123,12 +123,19 @@ def test_cli_clean_with_labels(data, tmp_path, capsys):
     train = sorted((root / "wood" / "train" / "good").iterdir())
     labels = tmp_path / "labels.csv"
     labels.write_text(f"filename,label\n{train[0].name},defective\n{train[1].name},good\n")
-    result = _cli(capsys, "clean", root, "--category", "wood", "--out", tmp_path / "clean", "--labels", labels, *FAST)
+    result = _cli(capsys, "fit", root, "--category", "wood", "--out", tmp_path / "run", "--labels", labels, *FAST)
+    assert result.returncode == 0, result.stderr
+    result = _cli(capsys, "clean", root, "--category", "wood", "--out", tmp_path / "clean", "--model",
+                  tmp_path / "run", "--labels", labels, "--quiet")
     assert result.returncode == 0, result.stderr
     rows = {Path(r["file"]).name: r for r in _selection(tmp_path / "clean" / "wood")}
     assert rows[train[0].name]["kept"] == "false" and rows[train[0].name]["label_source"] == "labelled defective"
     assert rows[train[1].name]["kept"] == "true" and rows[train[1].name]["label_source"] == "labelled good"
     assert (tmp_path / "clean" / "wood" / "train" / "good" / train[1].name).resolve() == train[1].resolve()
+    # The model records its labels: reusing it without them is refused.
+    result = _cli(capsys, "clean", root, "--category", "wood", "--out", tmp_path / "clean", "--model",
+                  tmp_path / "run", "--quiet")
+    assert result.returncode == 2 and "fitted with 1 defective and 1 good labels" in result.stderr
 
     # A label naming no training image: one line naming it, exit 2, before any fit.
     labels.write_text("filename,label\nnot_there.png,good\n")

@@ -383,8 +383,6 @@ def cmd_audit(args) -> int:
 
 
 def _datasets_and_labels(args):
-    if args.model and args.labels:
-        raise UsageError("--labels changes the fit; use it without --model (or fit with 'meds fit --labels')")
     _model_kwargs(args)  # checks the model options before any data is read
     datasets = _load_categories(args)
     return datasets, _read_labels(args, datasets)
@@ -395,9 +393,20 @@ def _model_for(args, data, datasets, labels):
     from ..method.model import MeDS
 
     if args.model:
-        model = MeDS.load(_resolve_model_dir(args.model, data.name if len(datasets) > 1 else None),
+        from ..method.persistence import CONFIG_FILE
+
+        # A run folder of 'meds fit' holds <category>/; a model folder is used as it is.
+        inside = len(datasets) > 1 or (Path(args.model) / data.name / CONFIG_FILE).is_file()
+        model = MeDS.load(_resolve_model_dir(args.model, data.name if inside else None),
                           device=args.device, verbose=not args.quiet)
         _check_same_training_files(model, data, args.model)
+        # With --model, --labels only says which labels that fit used (for the report and
+        # selection.csv); the counts must agree with what the model recorded.
+        given = {name: sum(1 for x in labels or [] if x == name) for name in ("defective", "good")}
+        if given != model.label_counts_:
+            raise UsageError(f"--model {args.model} was fitted with {model.label_counts_['defective']} defective and "
+                             f"{model.label_counts_['good']} good labels for {data.name!r}, --labels gives "
+                             f"{given['defective']} and {given['good']}; refit with 'meds fit --labels' or pass its labels")
         return model
     _say(f"fitting {data.summary()}" + (f"; labels: {_label_summary(labels)}" if labels is not None else ""))
     return _fit_category(data, _model_kwargs(args), labels=labels)

@@ -218,9 +218,9 @@ class MeDS(PatchDetector):
         Returns:
             ``self``.
         """
-        # Locked before the encoder runs, so a second writer fails at once.
         if labels is not None:  # checked before the encoder runs
             label_codes(labels, len(images), "MeDS.fit")
+        # Locked before the encoder runs, so a second writer fails at once.
         with folder_lock(checkpoint_dir, "MeDS.fit") if checkpoint_dir is not None else contextlib.nullcontext():
             features = self.training_features(images)
             fingerprint = training_fingerprint(images)  # after the checks of training_features
