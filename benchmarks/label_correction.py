@@ -15,7 +15,7 @@ images only; ``k = 0`` also shows it on all images, the uncleaned baseline).
     python benchmarks/label_correction.py --report bench_out/labels/results.json
 
 Encoder features of the training and test images are computed once per split and shared
-by every fit. Rows are saved as JSON after every setting.
+by every fit. Rows are saved as JSON after every fit.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def _auroc(detector, features, index, labels) -> float:
     return float(image_auroc(labels, scores[index]))
 
 
-def run_split(data, noise: float, seed: int, plan: dict, verbose: bool) -> list[dict]:
+def run_split(data, noise: float, seed: int, plan: dict, verbose: bool, on_row=None) -> list[dict]:
     """Every k on one category, noise ratio and seed (one feature pass for all fits)."""
     splits = {p: contaminate(data, noise, seed, overlap=p == "overlap") for p in PROTOCOLS}
     split = splits["no-overlap"]
@@ -106,6 +106,8 @@ def run_split(data, noise: float, seed: int, plan: dict, verbose: bool) -> list[
                 row[f"nn_all_auroc_{protocol}"] = _auroc(nn_all, test, index, truth)
         row["seconds"] = time.perf_counter() - start
         rows.append(row)
+        if on_row is not None:
+            on_row(row)
         if verbose:
             print(f"  {data.name} noise {noise:g} seed {seed} k={k}: defects trusted {row['defects_trusted']}"
                   f"/{row['n_noise']}, MeDS AUROC {row['meds_auroc_no-overlap']:.3f} / "
@@ -166,12 +168,16 @@ def main(argv=None) -> int:
     command = "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
     rows, start = [], time.perf_counter()
     json_path = work / ("results_quick.json" if args.quick else "results.json")
+
+    def save(row):  # after every fit, so an interrupted run keeps what it measured
+        rows.append(row)
+        save_json({"command": command, "rows": rows, "seconds": time.perf_counter() - start}, json_path)
+
     for category in categories:
         data = load_dataset(root, category=category, format="mvtec")
         for noise in NOISE:
             for seed in plan["seeds"]:
-                rows += run_split(data, noise, seed, plan, verbose=True)
-                save_json({"command": command, "rows": rows, "seconds": time.perf_counter() - start}, json_path)
+                run_split(data, noise, seed, plan, verbose=True, on_row=save)
     print(f"\n{command}\ncategories: {', '.join(categories)}; seeds: {', '.join(map(str, plan['seeds']))}; "
           f"{(time.perf_counter() - start) / 60:.1f} min\n")
     print(report(rows))
