@@ -4,6 +4,7 @@
     meds predict RUN IMAGES... --out DIR          scores, labels and heat maps
     meds export RUN --format onnx --out FILE      one ONNX / OpenVINO graph, pixels to decision
     meds audit DATA [--category C] --out DIR      rank the training images by suspicion
+    meds clean DATA [--category C] --out CLEAN    the trusted images in the MVTec AD layout
     meds eval DATA --noise 0,0.1 --seeds 0,1,2    the noise-robustness table
     meds demo                                     everything above on a synthetic set
     meds bench                                    kernel throughput table
@@ -26,6 +27,10 @@ EXIT_USAGE = 2
 
 class CLIError(Exception):
     """A problem the user can fix; printed as one line."""
+
+
+class UsageError(CLIError):
+    """A bad argument value (exit code 2, like argparse's own errors)."""
 
 
 # -- argument helpers ------------------------------------------------------------------
@@ -93,6 +98,11 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", default="auto", choices=["auto", "mvtec", "visa", "realiad", "folder"])
 
 
+def _add_labels_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--labels", help="labels.csv (filename,label with label defective|good, e.g. from the audit "
+                   "page): defective images are kept out of the fit, good ones always kept")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meds",
@@ -103,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fit", help="train a model per category")
     _add_data_options(p)
     p.add_argument("--out", required=True, help="run folder (one model folder per category)")
+    _add_labels_option(p)
     _add_model_options(p)
     _add_common(p)
 
@@ -128,6 +139,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(p)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--model", help="reuse a model folder written by 'meds fit' instead of training")
+    _add_labels_option(p)
+    _add_model_options(p)
+    _add_common(p)
+
+    p = sub.add_parser("clean", help="write the trusted training images in the MVTec AD layout")
+    _add_data_options(p)
+    p.add_argument("--out", required=True, help="clean root: <out>/<category>/train/good, suspicious, test")
+    p.add_argument("--copy", action="store_true", help="copy the images (default: symbolic links)")
+    p.add_argument("--model", help="reuse a model folder written by 'meds fit' instead of training")
+    _add_labels_option(p)
     _add_model_options(p)
     _add_common(p)
 
@@ -228,11 +249,40 @@ def _expand_images(items: Sequence[str]) -> list[str]:
     return paths
 
 
-def _fit_category(data, kwargs: dict, checkpoint_dir: Optional[Path] = None):
+def _fit_category(data, kwargs: dict, checkpoint_dir: Optional[Path] = None, labels=None):
     from ..method.model import MeDS
 
     model = MeDS(**kwargs)
-    return model.fit(data.train_paths(), checkpoint_dir=checkpoint_dir)
+    return model.fit(data.train_paths(), checkpoint_dir=checkpoint_dir, labels=labels)
+
+
+def _read_labels(args, datasets) -> list:
+    """Per category, the per-image labels of ``--labels`` (``None`` entries where unset).
+
+    A name is matched against the training images of every chosen category together, so
+    it must name exactly one of them (see :mod:`meds.data.labels`).
+    """
+    from ..data.labels import match_labels, read_labels
+
+    if not getattr(args, "labels", None):
+        return [None] * len(datasets)
+    try:
+        entries = read_labels(args.labels)
+        paths = [p for data in datasets for p in data.train_paths()]
+        flat = match_labels(entries, paths, f"--labels {args.labels}")
+    except (ValueError, FileNotFoundError) as error:
+        raise UsageError(str(error)) from None
+    out, start = [], 0
+    for data in datasets:
+        out.append(flat[start : start + len(data.train)])
+        start += len(data.train)
+    return out
+
+
+def _label_summary(labels) -> str:
+    if labels is None:
+        return "none"
+    return f"{sum(1 for x in labels if x == 'defective')} defective, {sum(1 for x in labels if x == 'good')} good"
 
 
 # -- commands --------------------------------------------------------------------------
@@ -244,18 +294,19 @@ def cmd_fit(args) -> int:
     kwargs = _model_kwargs(args)
     out = Path(args.out)
     datasets = _load_categories(args)
+    labels = _read_labels(args, datasets)
     with folder_lock(out, "--out"):
-        for data in datasets:
-            _fit_and_save(data, kwargs, out)
+        for data, these in zip(datasets, labels):
+            _fit_and_save(data, kwargs, out, these)
     return 0
 
 
-def _fit_and_save(data, kwargs: dict, out: Path) -> None:
+def _fit_and_save(data, kwargs: dict, out: Path, labels=None) -> None:
     """One category: fit (checkpointed in <out>/<category>/checkpoint), save, write scores."""
     target = out / data.name
-    _say(f"fitting {data.summary()}")
+    _say(f"fitting {data.summary()}" + (f"; labels: {_label_summary(labels)}" if labels is not None else ""))
     start = time.perf_counter()
-    model = _fit_category(data, kwargs, checkpoint_dir=target / "checkpoint")
+    model = _fit_category(data, kwargs, checkpoint_dir=target / "checkpoint", labels=labels)
     model.save(target)
     _write_training_scores(model, data, target / "training_scores.csv")
     n_flagged = int((~model.selected_).sum())
@@ -356,26 +407,62 @@ def _check_same_training_files(model, data, model_dir: str) -> None:
 
 def cmd_audit(args) -> int:
     from .report import write_audit
-    from ..method.model import MeDS
 
-    kwargs = _model_kwargs(args)
     out = Path(args.out)
-    datasets = _load_categories(args)
-    for data in datasets:
+    datasets, labels = _datasets_and_labels(args)
+    for data, these in zip(datasets, labels):
         target = out / data.name if len(datasets) > 1 else out
-        if args.model:
-            model = MeDS.load(_resolve_model_dir(args.model, data.name if len(datasets) > 1 else None),
-                              device=args.device, verbose=not args.quiet)
-            _check_same_training_files(model, data, args.model)
-        else:
-            _say(f"fitting {data.summary()}")
-            model = _fit_category(data, kwargs)
+        model = _model_for(args, data, datasets, these)
         settings = {"category": data.name, "training images": len(data.train), "backbone": model.backbone,
-                    "banks": model.n_banks, "bank ratio": model.bank_ratio, "selection k": model.train_config.selection_k}
-        written = write_audit(model, data, target, settings)
+                    "banks": model.n_banks, "bank ratio": model.bank_ratio, "selection k": model.train_config.selection_k,
+                    "labels used": f"{model.label_counts_['defective']} defective, {model.label_counts_['good']} good"}
+        written = write_audit(model, data, target, settings, labels=these)
         flagged = int((~model.selected_).sum())
         _say(f"{data.name}: {flagged} of {len(data.train)} training images flagged as suspicious")
         _say(f"  report: {written.get('html', target / 'index.html')}")
+    return 0
+
+
+def _datasets_and_labels(args):
+    _model_kwargs(args)  # checks the model options before any data is read
+    datasets = _load_categories(args)
+    return datasets, _read_labels(args, datasets)
+
+
+def _model_for(args, data, datasets, labels):
+    """The fitted model of one category: loaded from ``--model`` or fitted here."""
+    from ..method.model import MeDS
+
+    if args.model:
+        from ..method.persistence import CONFIG_FILE
+
+        # A run folder of 'meds fit' holds <category>/; a model folder is used as it is.
+        inside = len(datasets) > 1 or (Path(args.model) / data.name / CONFIG_FILE).is_file()
+        model = MeDS.load(_resolve_model_dir(args.model, data.name if inside else None),
+                          device=args.device, verbose=not args.quiet)
+        _check_same_training_files(model, data, args.model)
+        # With --model, --labels only says which labels that fit used (for the report and
+        # selection.csv); the counts must agree with what the model recorded.
+        given = {name: sum(1 for x in labels or [] if x == name) for name in ("defective", "good")}
+        if given != model.label_counts_:
+            raise UsageError(f"--model {args.model} was fitted with {model.label_counts_['defective']} defective and "
+                             f"{model.label_counts_['good']} good labels for {data.name!r}, --labels gives "
+                             f"{given['defective']} and {given['good']}; refit with 'meds fit --labels' or pass its labels")
+        return model
+    _say(f"fitting {data.summary()}" + (f"; labels: {_label_summary(labels)}" if labels is not None else ""))
+    return _fit_category(data, _model_kwargs(args), labels=labels)
+
+
+def cmd_clean(args) -> int:
+    from .clean import write_clean
+
+    out = Path(args.out)
+    datasets, labels = _datasets_and_labels(args)
+    for data, these in zip(datasets, labels):
+        model = _model_for(args, data, datasets, these)
+        written = write_clean(model, data, out, labels=these, copy=args.copy)
+        _say(f"{data.name}: {written['kept']} trusted training images in {written['dir'] / 'train' / 'good'}, "
+             f"{written['suspicious']} in suspicious/, {written['test']} test images")
     return 0
 
 
@@ -438,7 +525,7 @@ def cmd_bench(args) -> int:
     return 0
 
 
-COMMANDS = {"fit": cmd_fit, "predict": cmd_predict, "audit": cmd_audit, "eval": cmd_eval,
+COMMANDS = {"fit": cmd_fit, "predict": cmd_predict, "audit": cmd_audit, "clean": cmd_clean, "eval": cmd_eval,
             "demo": cmd_demo, "bench": cmd_bench, "export": cmd_export}
 
 
@@ -460,7 +547,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         message = str(error) or type(error).__name__
         print(f"meds {args.command}: error: {message}", file=sys.stderr)
-        return EXIT_ERROR
+        return EXIT_USAGE if isinstance(error, UsageError) else EXIT_ERROR
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,8 +3,9 @@
 :func:`write_audit` ranks a fitted model's training images by how suspicious it finds them;
 :func:`write_audit_report` writes that ranked list of suspicious *training* images that a
 person inspects first to clean their data: ``audit.csv``, overlay thumbnails under
-``thumbs/`` and a self-contained static ``index.html`` (inline CSS, no JavaScript, no
-external URLs). :func:`write_prediction_outputs` writes ``predictions.csv`` and one heat-map
+``thumbs/``, the originals under ``originals/`` and a self-contained static ``index.html``
+(inline CSS and one inline script, no external URLs) where the person marks images
+defective or good and downloads the marks as ``labels.csv`` (:mod:`meds.app.review`). :func:`write_prediction_outputs` writes ``predictions.csv`` and one heat-map
 overlay PNG per image (used by ``meds predict``). Every file is written atomically.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime
+import hashlib
 import html
 import io
 import json
@@ -26,6 +28,8 @@ import numpy as np
 from PIL import Image
 
 from ..data import CategoryData, read_image
+from ..data.labels import label_keys
+from .review import REVIEW_CSS, REVIEW_JS
 from .viz import atomic_write_bytes, colormap, overlay, save_png, thumbnail
 
 __all__ = ["AuditEntry", "write_audit", "write_audit_report", "write_prediction_outputs", "sanitize_name"]
@@ -45,6 +49,8 @@ class AuditEntry:
         image: Optional ``(H, W, 3)`` uint8 image for the thumbnail.
         anomaly_map: Optional ``(h, w)`` float map drawn over the thumbnail.
         label: Ground truth if known (1 = known defect, 0 = known good), else ``None``.
+        mark: The person's label the fit used (``"defective"`` / ``"good"``), shown as the
+            initial mark of the page, else ``None``.
     """
 
     rank: Optional[int]
@@ -54,6 +60,7 @@ class AuditEntry:
     image: Optional[np.ndarray] = None
     anomaly_map: Optional[np.ndarray] = None
     label: Optional[int] = None
+    mark: Optional[str] = None
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -172,22 +179,11 @@ h1{font-size:1.4em;margin:0 0 .3em}
 .settings{border-collapse:collapse;margin-top:.5em;font-size:.9em}
 .settings th,.settings td{border:1px solid #ddd;padding:.15em .6em;text-align:left;vertical-align:top}
 .settings th{background:#f0f0f0;font-weight:600}
-table.entries{border-collapse:collapse;width:100%;background:#fff}
-table.entries th{position:sticky;top:0;background:#eee;text-align:left;padding:.4em;border-bottom:2px solid #bbb}
-table.entries td{padding:.3em .5em;border-bottom:1px solid #e4e4e4;vertical-align:middle}
-tr.untrusted td{background:#fdecea}
-tr.trusted td{background:#fff}
-td.rank{font-weight:600;text-align:right;width:3em}
-td.file{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.9em;word-break:break-all}
-td.score{font-variant-numeric:tabular-nums;text-align:right}
-td.score.above{font-weight:700;color:#b00020}
-td.thumb img{display:block;border-radius:3px}
 .tag{display:inline-block;padding:.05em .5em;border-radius:1em;font-size:.85em;white-space:nowrap}
 .tag.no{background:#b00020;color:#fff}
 .tag.yes{background:#2e7d32;color:#fff}
 .tag.defect{background:#6a1b9a;color:#fff}
 .tag.good{background:#ddd;color:#333}
-tr.cut td{background:#ffd54f;color:#000;font-weight:700;text-align:center;padding:.5em;border-top:3px solid #e65100;border-bottom:3px solid #e65100}
 .muted{color:#777;font-size:.85em}
 """
 
@@ -247,7 +243,7 @@ def write_audit_report(
         progress: Show a tqdm progress bar while writing thumbnails.
 
     Returns:
-        ``{"dir": Path, "html": Path, "csv": Path, "thumbs": list[Path]}``.
+        ``{"dir": Path, "html": Path, "csv": Path, "thumbs": list[Path], "originals": list[Path]}``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -271,7 +267,9 @@ def write_audit_report(
 
     # thumbs/NNNN.png
     thumb_paths: list[Path] = []
+    original_paths: list[Path] = []
     thumb_rel: dict[int, tuple[str, int, int]] = {}
+    original_rel: dict[int, str] = {}
     if thumbnails and max_thumbnails > 0:
         todo = [(i, e) for i, e in enumerate(rows[:max_thumbnails]) if e.image is not None or e.anomaly_map is not None]
         if todo:
@@ -292,6 +290,9 @@ def write_audit_report(
                 used.add(name)
                 thumb_paths.append(save_png(panel, out / "thumbs" / name))
                 thumb_rel[i] = (f"thumbs/{name}", panel.shape[1], panel.shape[0])
+                if e.image is not None and e.anomaly_map is not None:  # shown beside the heat map
+                    original_paths.append(save_png(thumbnail(e.image, thumb_size), out / "originals" / name))
+                    original_rel[i] = f"originals/{name}"
 
     # index.html
     n = len(rows)
@@ -301,8 +302,9 @@ def write_audit_report(
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{_esc(title)}</title>",
-        f"<style>{_CSS}</style>",
-        "</head><body>",
+        f"<style>{_CSS}{REVIEW_CSS}</style>",
+        "</head>",
+        f'<body data-report="{_report_id(title, label_keys([e.path for e in rows]))}">',
         f"<h1>{_esc(title)}</h1>",
         '<section class="summary">',
         f"<p><strong>{n}</strong> training images; <strong>{n_flagged}</strong> flagged as suspicious "
@@ -319,9 +321,11 @@ def write_audit_report(
         caught = sum(1 for e in known_bad if not e.selected)
         parts.append(f"<p>Ground truth known for {sum(1 for e in rows if e.label is not None)} images: "
                      f"{len(known_bad)} known defects, of which {caught} were flagged.</p>")
-    parts.append('<p class="muted">Most suspicious first. Red rows were not trusted by the final '
-                 "model. Thumbnails: image with its heat map (shared colour scale). Full details in "
-                 '<a href="audit.csv">audit.csv</a>.</p>')
+    parts.append('<p class="muted">Most suspicious first. Red borders: not trusted by the final '
+                 "model. Thumbnails: image with its heat map (shared colour scale); hover, click or step to "
+                 "an image to see the original beside it. Mark images defective or good and download "
+                 "labels.csv for <code>meds fit --labels</code> or <code>meds clean --labels</code>; marks "
+                 'are kept in this browser. Full details in <a href="audit.csv">audit.csv</a>.</p>')
     if settings:
         parts.append('<table class="settings"><tbody>')
         for key, value in settings.items():
@@ -329,50 +333,68 @@ def write_audit_report(
         parts.append("</tbody></table>")
     parts.append("</section>")
 
-    ncol = 6 if has_label else 5
-    head = ["Rank", "Overlay", "File", "Score", "Trusted"] + (["Known label"] if has_label else [])
-    parts.append('<table class="entries"><thead><tr>' + "".join(f"<th>{h}</th>" for h in head)
-                 + "</tr></thead><tbody>")
+    parts.append('<div class="toolbar"><span id="count"></span>'
+                 '<span>show <button data-filter="all">all</button><button data-filter="marked">marked</button>'
+                 '<button data-filter="unmarked">unmarked</button></span>'
+                 '<button id="download">download labels.csv</button><button id="clear">clear marks</button>'
+                 '<span class="keys">keys: j/k or arrows step through the ranking, d defective, g good, u unset '
+                 '(then the next image), Esc closes the preview</span></div>')
+    keys = label_keys([e.path for e in rows])
     cut_text = ("&#9650; flagged as suspicious above &middot; selection cut"
                 + (f" (&eta; = {_esc(_fmt(cut))})" if cut is not None else "")
                 + " &middot; trusted below &#9660;")
-    cut_row = f'<tr class="cut" id="cut"><td colspan="{ncol}">{cut_text}</td></tr>'
+    cut_row = f'<div class="cutline cut" id="cut">{cut_text}</div>'
+    parts.append('<div class="grid">')
     for i, e in enumerate(rows):
         if cut_at == i:
             parts.append(cut_row)
-        cls = "trusted" if e.selected else "untrusted"
-        if i in thumb_rel:
-            rel, w, h = thumb_rel[i]
-            thumb = f'<img src="{_esc(rel)}" width="{w}" height="{h}" loading="lazy" alt="rank {e.rank}">'
-        else:
-            thumb = '<span class="muted">&ndash;</span>'
-        name = os.path.basename(e.path.rstrip("/\\")) or e.path
-        above = threshold is not None and e.score > float(threshold)
-        trusted = '<span class="tag yes">trusted</span>' if e.selected else '<span class="tag no">not trusted</span>'
-        cells = [
-            f'<td class="rank">{e.rank}</td>',
-            f'<td class="thumb">{thumb}</td>',
-            f'<td class="file" title="{_esc(e.path)}">{_esc(name)}</td>',
-            f'<td class="score{" above" if above else ""}">{_esc(_fmt(e.score))}</td>',
-            f"<td>{trusted}</td>",
-        ]
-        if has_label:
-            if e.label is None:
-                cells.append("<td></td>")
-            elif int(e.label) != 0:
-                cells.append('<td><span class="tag defect">known defect</span></td>')
-            else:
-                cells.append('<td><span class="tag good">known good</span></td>')
-        parts.append(f'<tr class="entry {cls}" data-rank="{e.rank}" data-score="{_esc(_csv_float(e.score))}">'
-                     + "".join(cells) + "</tr>")
+        parts.append(_card(e, keys[i], thumb_rel.get(i), original_rel.get(i), threshold))
     if cut_at is not None and cut_at >= n:
         parts.append(cut_row)
-    parts.append("</tbody></table>")
+    parts.append("</div>")
+    parts.append('<aside id="preview" hidden><div class="pair"><img id="preview-orig" alt="original">'
+                 '<img id="preview-heat" alt="heat map"></div><p id="preview-name"></p></aside>')
     stamp = datetime.datetime.now().replace(microsecond=0).isoformat(sep=" ")
     parts.append(f'<p class="muted">Written by meds on {_esc(stamp)}.</p>')
+    parts.append(f"<script>{REVIEW_JS}</script>")
     parts.append("</body></html>\n")
     html_path = _write_text("\n".join(parts), out / "index.html")
-    return {"dir": out, "html": html_path, "csv": csv_path, "thumbs": thumb_paths}
+    return {"dir": out, "html": html_path, "csv": csv_path, "thumbs": thumb_paths, "originals": original_paths}
+
+
+def _report_id(title: str, keys: Sequence[str]) -> str:
+    """The page's localStorage id: the same title and images give the same id."""
+    digest = hashlib.sha256(title.encode("utf-8"))
+    for key in keys:
+        digest.update(b"\0" + key.encode("utf-8"))
+    return digest.hexdigest()[:16]
+
+
+def _card(e: AuditEntry, key: str, thumb: Optional[tuple], original: Optional[str], threshold) -> str:
+    """One entry of the grid; every value from the data is escaped."""
+    if thumb is not None:
+        rel, w, h = thumb
+        pics = f'<img class="heat" src="{_esc(rel)}" width="{w}" height="{h}" loading="lazy" alt="rank {e.rank}">'
+        if original is not None:
+            pics += f'<img class="orig" src="{_esc(original)}" loading="lazy" alt="rank {e.rank} original">'
+    else:
+        pics = '<div class="placeholder">no thumbnail</div>'
+    name = os.path.basename(e.path.rstrip("/\\")) or e.path
+    above = threshold is not None and e.score > float(threshold)
+    trusted = '<span class="tag yes">trusted</span>' if e.selected else '<span class="tag no">not trusted</span>'
+    known = ""
+    if e.label is not None:
+        known = (' <span class="tag defect">known defect</span>' if int(e.label) != 0
+                 else ' <span class="tag good">known good</span>')
+    given = f' data-given="{_esc(e.mark)}"' if e.mark in ("defective", "good") else ""
+    return (f'<div class="entry {"trusted" if e.selected else "untrusted"}" tabindex="0" data-rank="{e.rank}" '
+            f'data-score="{_esc(_csv_float(e.score))}" data-key="{_esc(key)}"{given}>{pics}'
+            f'<div class="meta"><span class="rank">#{e.rank}</span>'
+            f'<span class="score{" above" if above else ""}">{_esc(_fmt(e.score))}</span></div>'
+            f'<div class="file" title="{_esc(e.path)}">{_esc(name)}</div><div>{trusted}{known}</div>'
+            '<div class="marks"><button class="defective" data-set="defective" title="d">defective</button>'
+            '<button class="good" data-set="good" title="g">good</button>'
+            '<button class="unset" data-set="" title="u">unset</button></div></div>')
 
 
 # ----------------------------------------------------------------------------- predictions
@@ -473,7 +495,8 @@ def write_prediction_outputs(
     return {"dir": out, "csv": csv_path, "heatmaps": heatmaps}
 
 
-def write_audit(model, data: CategoryData, out: Path, settings: dict, max_thumbnails: int = 200) -> dict:
+def write_audit(model, data: CategoryData, out: Path, settings: dict, max_thumbnails: int = 200,
+                labels: Optional[Sequence[Optional[str]]] = None) -> dict:
     """Write the audit report of a fitted detector's training images into ``out``.
 
     Args:
@@ -483,6 +506,8 @@ def write_audit(model, data: CategoryData, out: Path, settings: dict, max_thumbn
         out: Output folder.
         settings: Shown as a table at the top of the page.
         max_thumbnails: Heat-map thumbnails for this many of the most suspicious images.
+        labels: The per-image labels the fit used (``"defective"``, ``"good"``, ``None``):
+            the page's marks on a first visit.
 
     Returns:
         The paths written (see :func:`write_audit_report`).
@@ -491,7 +516,7 @@ def write_audit(model, data: CategoryData, out: Path, settings: dict, max_thumbn
     paths = data.train_paths()
     shown = [paths[i] for i in order[:max_thumbnails]]
     maps = model.predict(shown).maps if shown else []
-    labels = data.train_is_noise
+    truth = data.train_is_noise
     entries = []
     for rank, index in enumerate(order):
         entries.append(AuditEntry(
@@ -501,7 +526,8 @@ def write_audit(model, data: CategoryData, out: Path, settings: dict, max_thumbn
             selected=bool(model.selected_[index]),
             image=read_image(paths[index]) if rank < len(shown) else None,
             anomaly_map=maps[rank] if rank < len(shown) else None,
-            label=int(labels[index]) if labels is not None else None,
+            label=int(truth[index]) if truth is not None else None,
+            mark=labels[index] if labels is not None else None,
         ))
     # Selection keeps eta below a cut, so the lowest untrusted score marks where it fell.
     untrusted = model.training_scores_[~model.selected_]

@@ -10,7 +10,7 @@ average by its B -> infinity limit (:func:`meds.kernels.ops.expected_min_distanc
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -41,6 +41,7 @@ def memory_scores(
     seed: int = 0,
     images_per_chunk: int = 16,
     progress: bool = True,
+    allowed: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Memory-ensemble score of every training patch.
 
@@ -55,6 +56,9 @@ def memory_scores(
         images_per_chunk: Query images scored per kernel call (bounds memory, drives the
             progress bar).
         progress: Show a progress bar.
+        allowed: ``(N,)`` bool, the images a memory may hold (``None``: all). Banks of
+            ``ceil(rho * n_allowed)`` images are drawn over the allowed ones only; every
+            image is still scored.
 
     Returns:
         ``(N, L)`` float32 scores on the device of ``features``.
@@ -68,12 +72,15 @@ def memory_scores(
     if not 0.0 < bank_ratio <= 1.0:
         raise ValueError(f"memory_scores: bank_ratio must be in (0, 1], got {bank_ratio}")
 
+    pool = None if allowed is None else torch.nonzero(torch.as_tensor(allowed, device="cpu")).flatten().numpy()
+    if pool is not None and pool.size < 2:
+        raise ValueError(f"memory_scores: need at least 2 allowed images for the memories, got {pool.size}")
     memory = features.reshape(n_images * n_patches, dim)
     groups = torch.arange(n_images, device=features.device).repeat_interleave(n_patches)
-    bank_size = ops.bank_size(n_images, bank_ratio)
+    bank_size = ops.bank_size(n_images if pool is None else pool.size, bank_ratio)
     banks = None
     if n_banks != "exact":
-        banks = ops.sample_banks(n_images, n_banks=int(n_banks), ratio=bank_ratio, replace=replace, seed=seed)
+        banks = draw_banks(n_images, int(n_banks), bank_ratio, replace=replace, seed=seed, pool=pool)
         banks = torch.as_tensor(banks, device=features.device)
 
     scores = torch.empty(n_images, n_patches, dtype=torch.float32, device=features.device)
@@ -87,6 +94,8 @@ def memory_scores(
                 queries, memory, groups, n_images, metric=metric,
                 query_groups=query_groups, exclude_self=exclude_self,
             )
+            if pool is not None:  # images no memory may hold leave the closed form (NaN)
+                nearest[:, ~torch.as_tensor(allowed, device=nearest.device)] = float("nan")
             chunk = ops.expected_min_distance(nearest, bank_size, replace=replace)
         else:
             chunk = ops.ensemble_distance(
@@ -99,6 +108,16 @@ def memory_scores(
         # only its own image. Fall back to the largest score seen (most suspicious).
         scores = torch.nan_to_num(scores, nan=float(np.nanmax(scores.cpu().numpy())))
     return scores
+
+
+def draw_banks(n_images: int, n_banks: int, bank_ratio: float, *, replace: bool = True, seed: int = 0,
+               pool: Optional[np.ndarray] = None) -> np.ndarray:
+    """``(B, m)`` image ids of the memories: :func:`meds.kernels.ops.sample_banks` over all
+    ``n_images`` images, or over the ids in ``pool`` only (the same draw, mapped onto it)."""
+    if pool is None:
+        return ops.sample_banks(n_images, n_banks=n_banks, ratio=bank_ratio, replace=replace, seed=seed)
+    return np.asarray(pool, dtype=np.int64)[ops.sample_banks(len(pool), n_banks=n_banks, ratio=bank_ratio,
+                                                              replace=replace, seed=seed)]
 
 
 def nearest_neighbour_scores(

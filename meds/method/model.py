@@ -33,6 +33,7 @@ from .memory import BankCount, check_bank_count, memory_scores, nearest_neighbou
 from .scoring import robust_centre_scale, robust_threshold, top_fraction_mean
 from .network import NETWORK_PRESETS, NetworkConfig, ReconstructionNetwork
 from .fingerprint import training_fingerprint
+from ..data.labels import DEFECTIVE, GOOD, label_codes
 from .persistence import load_model, save_model
 from .train import Checkpointer, StepCallback, TrainConfig, distill, patch_scores, progressive_selection
 from .trusted import PatchMemory, image_coreset, leave_one_out_distance, select_trusted
@@ -99,6 +100,8 @@ class MeDS(PatchDetector):
         memory_bank_: ``(M, D)`` the trusted patches of the memory detector.
         fusion_stats_: ``{"reconstruction": [centre, scale], "memory": [...]}``.
         thresholds_: Label threshold of each final detector.
+        label_counts_: ``{"defective": n, "good": m}``, how many labels the fit used
+            (saved in ``config.json``).
         training_files_: Fingerprint of the training images (name, size and sha256 of
             each, in order; see :mod:`~meds.method.fingerprint`); ``None`` after
             :meth:`fit_features`.
@@ -169,6 +172,7 @@ class MeDS(PatchDetector):
         self.fusion_stats_: dict = {}
         self.thresholds_: dict = {}
         self.training_files_: Optional[dict] = None
+        self.label_counts_: dict = {"defective": 0, "good": 0}
 
     def get_config(self) -> dict:
         """Every constructor argument, JSON-serialisable (what :meth:`save` writes)."""
@@ -196,6 +200,7 @@ class MeDS(PatchDetector):
         self,
         images: Sequence[ImageLike],
         *,
+        labels: Optional[Sequence[Optional[str]]] = None,
         checkpoint_dir: Optional[Union[str, Path]] = None,
         callback: Optional[StepCallback] = None,
     ) -> "MeDS":
@@ -203,6 +208,10 @@ class MeDS(PatchDetector):
 
         Args:
             images: Paths, arrays or PIL images, all of one size.
+            labels: A person's corrections, one entry per image: ``"defective"`` (kept out
+                of every stage-1 memory, of training and of the trusted memory; still
+                scored), ``"good"`` (always selected and trusted) or ``None`` (left to
+                MeDS). ``None`` or no entry set: the unlabelled fit, bit for bit.
             checkpoint_dir: Folder for checkpoints; if it holds one of the same data and
                 settings, training resumes from it. It is locked while the fit runs: a
                 second process fitting into it fails at once (:mod:`meds.locking`).
@@ -211,11 +220,13 @@ class MeDS(PatchDetector):
         Returns:
             ``self``.
         """
+        if labels is not None:  # checked before the encoder runs
+            label_codes(labels, len(images), "MeDS.fit")
         # Locked before the encoder runs, so a second writer fails at once.
         with folder_lock(checkpoint_dir, "MeDS.fit") if checkpoint_dir is not None else contextlib.nullcontext():
             features = self.training_features(images)
             fingerprint = training_fingerprint(images)  # after the checks of training_features
-            self.fit_features(features, checkpoint_dir=checkpoint_dir, callback=callback)
+            self.fit_features(features, checkpoint_dir=checkpoint_dir, callback=callback, labels=labels)
         self.training_files_ = fingerprint
         return self
 
@@ -226,6 +237,7 @@ class MeDS(PatchDetector):
         checkpoint_dir: Optional[Union[str, Path]] = None,
         callback: Optional[StepCallback] = None,
         memory: Optional[torch.Tensor] = None,
+        labels: Optional[Sequence[Optional[str]]] = None,
     ) -> "MeDS":
         """Fit on precomputed encoder features ``(N, L, D)`` (see :meth:`training_features`).
 
@@ -233,23 +245,34 @@ class MeDS(PatchDetector):
             features: Training features; :attr:`grid_` and :attr:`group_dims_` must match.
             checkpoint_dir: As in :meth:`fit`.
             callback: As in :meth:`fit`.
-            memory: Stage-1 patch scores ``(N, L)`` to reuse instead of recomputing them.
+            memory: Stage-1 patch scores ``(N, L)`` to reuse instead of recomputing them
+                (computed with the same ``labels``).
+            labels: As in :meth:`fit`.
         """
         if self.grid_ is None or self.group_dims_ is None:
             raise RuntimeError("MeDS.fit_features: grid_ and group_dims_ are unset; use training_features() first")
+        codes = label_codes(labels, features.shape[0], "MeDS.fit")
+        if codes is not None and int((codes != DEFECTIVE).sum()) < 2:
+            raise ValueError(f"MeDS.fit: labels leave {int((codes != DEFECTIVE).sum())} image(s) not labelled "
+                             "defective; at least 2 are needed")
         if checkpoint_dir is None:
-            return self._fit_features(features, None, callback, memory)
+            return self._fit_features(features, None, callback, memory, codes)
         with folder_lock(checkpoint_dir, "MeDS.fit"):
-            return self._fit_features(features, Path(checkpoint_dir), callback, memory)
+            return self._fit_features(features, Path(checkpoint_dir), callback, memory, codes)
 
     def _fit_features(self, features: torch.Tensor, checkpoint_dir: Optional[Path],
-                      callback: Optional[StepCallback], memory: Optional[torch.Tensor]) -> "MeDS":
+                      callback: Optional[StepCallback], memory: Optional[torch.Tensor],
+                      codes: Optional[np.ndarray]) -> "MeDS":
         self.training_files_ = None
         features = features.to(self.device, torch.float32)
         fingerprint = {"data": _features_fingerprint(features), "config": self.get_config(), "version": __version__}
+        if codes is not None:  # a checkpoint of other labels must not be resumed
+            fingerprint["labels"] = hashlib.sha1(codes.tobytes()).hexdigest()
         checkpointer = Checkpointer(checkpoint_dir, json.loads(json.dumps(fingerprint)))
+        self.label_counts_ = {name: int((codes == code).sum()) if codes is not None else 0
+                              for name, code in (("defective", DEFECTIVE), ("good", GOOD))}
 
-        memory = self._stage1(features, checkpointer) if memory is None else memory.to(self.device)
+        memory = self._stage1(features, checkpointer, codes) if memory is None else memory.to(self.device)
         self.memory_scores_ = _top_mean(memory, self.train_config.top_fraction)
 
         with torch.random.fork_rng(devices=[]):
@@ -257,26 +280,26 @@ class MeDS(PatchDetector):
             network = ReconstructionNetwork(self.group_dims_, self.network_config).to(self.device)
         if self.distillation:
             distill(network, features, memory, self.train_config, seed=self.seed,
-                    checkpointer=checkpointer, callback=callback, progress=self.verbose)
+                    checkpointer=checkpointer, callback=callback, progress=self.verbose, labels=codes)
         # theta_0, kept frozen by stage 3; also the "distilled only" model of the benchmarks.
         self.distilled_network_ = copy.deepcopy(network).eval()
         result = progressive_selection(network, features, self.train_config, seed=self.seed,
                                        checkpointer=checkpointer, callback=callback,
-                                       progress=self.verbose, select=self.selection)
+                                       progress=self.verbose, select=self.selection, labels=codes)
         self.network_ = result.network.eval()
         self.training_scores_ = result.scores.cpu().numpy().astype(np.float64)
         self.selected_ = result.selected.cpu().numpy()
         self.distilled_scores_ = result.initial_scores.cpu().numpy().astype(np.float64)
         self.history_ = [tuple(h) for h in result.history]
-        self._fit_final(features, result.scores)
+        self._fit_final(features, result.scores, codes)
         return self
 
-    def _fit_final(self, features: torch.Tensor, eta: torch.Tensor) -> None:
+    def _fit_final(self, features: torch.Tensor, eta: torch.Tensor, codes: Optional[np.ndarray]) -> None:
         """The trusted set, the memory bank, and the standardisation and threshold of each
         final detector (all from training images only)."""
         coreset = image_coreset(features, self.coreset_ratio)
         trusted = select_trusted(features, eta, coreset, self._image_scores, k=self.trust_k,
-                                 rounds=self.trust_rounds, metric=self.metric)
+                                 rounds=self.trust_rounds, metric=self.metric, labels=codes)
         keep = torch.nonzero(trusted.trusted).flatten()
         bank = PatchMemory.of(features, keep, coreset)
         self.memory_bank_ = bank.rows.contiguous()
@@ -315,13 +338,14 @@ class MeDS(PatchDetector):
         view.threshold_ = self.thresholds_[final]
         return view
 
-    def _stage1(self, features: torch.Tensor, checkpointer: Checkpointer) -> torch.Tensor:
+    def _stage1(self, features: torch.Tensor, checkpointer: Checkpointer, codes: Optional[np.ndarray]) -> torch.Tensor:
         cached = checkpointer.load("memory_scores", self.device)
         if cached is not None:
             return cached[0]["scores"]
         scores = memory_scores(
             features, n_banks=self.n_banks, bank_ratio=self.bank_ratio, replace=self.bank_replace,
             exclude_self=self.exclude_self, metric=self.metric, seed=self.seed, progress=self.verbose,
+            allowed=None if codes is None else torch.as_tensor(codes != DEFECTIVE),
         )
         checkpointer.save("memory_scores", {"scores": scores}, {})
         return scores

@@ -61,6 +61,7 @@ def save_model(model: "MeDS", path: Union[str, Path]) -> Path:
             "history": [list(h) for h in model.history_],
             "training_files": model.training_files_,
             "image_size": list(model.train_image_size_) if model.train_image_size_ else None,
+            "labels": model.label_counts_,
         },
     }
     with folder_lock(path, "MeDS.save"):
@@ -240,6 +241,12 @@ def load_model(cls, path: Union[str, Path], *, device: str = "auto", verbose: bo
     # Optional: folders written before it was recorded have no training image size.
     if cfg.get("fitted").get("image_size") is not None:
         model.train_image_size_ = cfg.ints("fitted.image_size", 2)
+    # Absent from folders written before fits took labels: those used none.
+    counts = cfg.get("fitted.labels") if "labels" in cfg.mapping("fitted", []) else {"defective": 0, "good": 0}
+    if not (isinstance(counts, dict) and set(counts) == {"defective", "good"}
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts.values())):
+        raise cfg.fail("fitted.labels", f"must be {{'defective': n, 'good': m}} with counts >= 0, got {counts!r}")
+    model.label_counts_ = dict(counts)
 
     weights = files[WEIGHTS_STEM]
     tensors = load_tensors(weights, resolve_device(device))

@@ -30,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..atomic_io import CorruptFileError, commit_bundle, load_tensors, read_bundle, remove_stale
+from ..data.labels import DEFECTIVE, GOOD
 from .network import ReconstructionNetwork
 from .scoring import top_fraction_mean
 
@@ -280,6 +281,7 @@ def distill(
     checkpointer: Optional[Checkpointer] = None,
     callback: Optional[StepCallback] = None,
     progress: bool = True,
+    labels: Optional[np.ndarray] = None,
 ) -> ReconstructionNetwork:
     """Stage 2: train ``network`` so its patch scores regress ``targets``.
 
@@ -293,11 +295,16 @@ def distill(
             a stage-2 state.
         callback: Called after every step.
         progress: Show a progress bar.
+        labels: ``(N,)`` int8 label codes (:func:`meds.data.labels.label_codes`): batches
+            never hold an image labelled defective. ``None``: no labels.
 
     Returns:
         ``network``.
     """
     checkpointer = checkpointer or Checkpointer(None, {})
+    # Batches are drawn over positions of `pool` (all images when there are no labels).
+    pool = None if labels is None else torch.as_tensor(np.flatnonzero(labels != DEFECTIVE), device=features.device)
+    n_pool = features.shape[0] if pool is None else pool.numel()
     total = config.distill_steps if config.distill_steps is not None else auto_steps(features.shape[0], "distill")
     if checkpointer.training_stage() == "finetune":
         return network  # stage 2 finished before the interruption; stage 3 restores the weights
@@ -309,7 +316,9 @@ def distill(
     for step in range(start, total):
         step_seed = _step_seed(seed, "distill", step)
         rng = np.random.default_rng(step_seed)
-        batch = torch.as_tensor(rng.choice(features.shape[0], size=config.batch_size), device=features.device)
+        batch = torch.as_tensor(rng.choice(n_pool, size=config.batch_size), device=features.device)
+        if pool is not None:
+            batch = pool[batch]
         with _SeededStep(step_seed, features.device):
             loss = config.distill_weight * torch.mean((network(features[batch]) - targets[batch]) ** 2)
         _optimise(network, optimizer, loss, config, step, total)
@@ -343,13 +352,22 @@ class SelectionResult:
     history: list
 
 
-def _select(network, frozen_aggs, features, config: TrainConfig, step: int, total: int, select: bool):
+def _select(network, frozen_aggs, features, config: TrainConfig, step: int, total: int, select: bool,
+            labels: Optional[torch.Tensor] = None):
     alpha = min(1.0, 2.0 * step / total) if total else 1.0
     current = top_fraction_mean(patch_scores(network, features), config.top_fraction)
     eta = (1.0 - alpha) * frozen_aggs + alpha * current
-    if not select:
-        return eta, torch.ones_like(eta, dtype=torch.bool)
-    return eta, selection_mask(eta, config.selection_k, step / total if total else 1.0)
+    if labels is None:
+        if not select:
+            return eta, torch.ones_like(eta, dtype=torch.bool)
+        return eta, selection_mask(eta, config.selection_k, step / total if total else 1.0)
+    # Known defects take no part in the rule (they would widen the cut); known goods are
+    # always kept, known defects never.
+    allowed = labels != DEFECTIVE
+    keep = torch.ones_like(allowed)
+    if select:
+        keep[allowed] = selection_mask(eta[allowed], config.selection_k, step / total if total else 1.0)
+    return eta, (keep | (labels == GOOD)) & allowed
 
 
 def progressive_selection(
@@ -362,6 +380,7 @@ def progressive_selection(
     callback: Optional[StepCallback] = None,
     progress: bool = True,
     select: bool = True,
+    labels: Optional[np.ndarray] = None,
 ) -> SelectionResult:
     """Stage 3: fine-tune on the images the model trusts, re-selecting every pass.
 
@@ -376,6 +395,8 @@ def progressive_selection(
         progress: Show a progress bar.
         select: ``False`` trains on every image (the plain reconstruction baseline);
             ``eta`` is still reported.
+        labels: ``(N,)`` int8 label codes: images labelled good are always selected,
+            images labelled defective never (nor trained on). ``None``: no labels.
 
     Returns:
         The :class:`SelectionResult`.
@@ -383,6 +404,7 @@ def progressive_selection(
     checkpointer = checkpointer or Checkpointer(None, {})
     n_images = features.shape[0]
     total = config.finetune_steps if config.finetune_steps is not None else auto_steps(n_images, "finetune")
+    codes = None if labels is None else torch.as_tensor(labels, device=features.device)
     optimizer = _make_optimizer(network, config)
     resumed = checkpointer.load_training("finetune", network, optimizer, features.device)
     if resumed is None:
@@ -398,10 +420,11 @@ def progressive_selection(
     bar = tqdm(total=total, initial=step, desc="stage 3: selection + fine-tuning", unit="step", disable=not progress)
     last_save = step
     while step < total:
-        eta, keep = _select(network, frozen_aggs, features, config, step, total, select)
+        eta, keep = _select(network, frozen_aggs, features, config, step, total, select, codes)
         kept = torch.nonzero(keep).flatten()
-        if kept.numel() == 0:  # all eta equal: nothing is below the cut, trust everyone
-            kept = torch.arange(n_images, device=features.device)
+        if kept.numel() == 0:  # all eta equal: nothing is below the cut, trust everyone not labelled defective
+            kept = (torch.arange(n_images, device=features.device) if codes is None
+                    else torch.nonzero(codes != DEFECTIVE).flatten())
         history.append((step, int(kept.numel()), float(eta[kept].max())))
         order = np.random.default_rng(_step_seed(seed, "finetune", step)).permutation(kept.numel())
         order_t = kept[torch.as_tensor(order, device=features.device)]
@@ -426,5 +449,5 @@ def progressive_selection(
             )
             last_save = step
     bar.close()
-    eta, keep = _select(network, frozen_aggs, features, config, total, total, select)
+    eta, keep = _select(network, frozen_aggs, features, config, total, total, select, codes)
     return SelectionResult(network=network, selected=keep, scores=eta, initial_scores=frozen_aggs, history=history)

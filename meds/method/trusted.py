@@ -28,10 +28,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
+from ..data.labels import DEFECTIVE, GOOD
 from ..kernels import ops
 from .scoring import robust_threshold
 
@@ -164,6 +165,7 @@ def select_trusted(
     rounds: int = 1,
     core_fraction: float = 0.5,
     metric: str = "cosine",
+    labels: Optional[torch.Tensor] = None,
 ) -> TrustedSet:
     """The images to trust, from a suspicion ranking (see the module docstring).
 
@@ -176,21 +178,32 @@ def select_trusted(
         rounds: Re-score / cut rounds.
         core_fraction: Share of the ranking that forms the first core.
         metric: Distance metric.
+        labels: ``(N,)`` int8 label codes (:func:`meds.data.labels.label_codes`): images
+            labelled good head the core and are always trusted; images labelled defective
+            are never in the core nor trusted (they are still re-scored). ``None``: no labels.
     """
     if rounds < 1:
         raise ValueError(f"select_trusted: rounds must be >= 1, got {rounds}")
     if not 0.0 < core_fraction <= 1.0:
         raise ValueError(f"select_trusted: core_fraction must be in (0, 1], got {core_fraction}")
     n = features.shape[0]
-    order = torch.argsort(ranking.to(features.device), stable=True)
+    ranking = ranking.to(features.device)
+    n_allowed = n
+    if labels is not None:
+        labels = torch.as_tensor(labels, device=features.device)
+        n_allowed = int((labels != DEFECTIVE).sum())
+        ranking = torch.where(labels == GOOD, -math.inf, torch.where(labels == DEFECTIVE, math.inf, ranking))
+    order = torch.argsort(ranking, stable=True)
     core = torch.zeros(n, dtype=torch.bool, device=features.device)
-    core[order[: max(2, math.ceil(core_fraction * n))]] = True
+    core[order[: max(2, math.ceil(core_fraction * n_allowed))]] = True
     for _ in range(rounds):
         memory = PatchMemory.of(features, torch.nonzero(core).flatten(), coreset)
         patch = leave_one_out_distance(features, memory, metric=metric)
         scores = aggregate(patch)
         cut = robust_threshold(scores[core], k)
         trusted = scores < cut
+        if labels is not None:
+            trusted = (trusted | (labels == GOOD)) & (labels != DEFECTIVE)
         if int(trusted.sum()) < 2:  # degenerate scores: keep the core
             trusted = core.clone()
         last_core, core = core, trusted
