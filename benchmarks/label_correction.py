@@ -41,10 +41,11 @@ KS = (0, 10, 25, 50)
 NOISE = (0.2, 0.4)
 PROTOCOLS = ("no-overlap", "overlap")
 VARIATION = 0.25
-#: The noise-robustness benchmark's sizes and model (benchmarks/noise_robustness.py).
+#: The noise-robustness benchmark's sizes and model (benchmarks/noise_robustness.py);
+#: ``steps=None``: the default schedule, which scales with the training set.
 FULL = dict(categories=SYNTHETIC_CATEGORIES, seeds=(0, 1, 2),
             sizes=dict(n_train=160, n_test_good=32, n_test_defect=96, image_size=256),
-            model=dict(image_size=224), meds=dict(n_banks=100, steps=200))
+            model=dict(image_size=224), meds=dict(n_banks=100, steps=None))
 #: Sized for a 2-core CPU shared with other jobs: 32 normal training images of 96 px,
 #: 40 + 40 steps, 20 banks (k = 50 then labels every training image).
 QUICK = dict(categories=("fabric", "pcb"), seeds=(0,),
