@@ -86,6 +86,32 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0)
 
 
+def _add_ray_options(p: argparse.ArgumentParser, pool: bool = False) -> None:
+    g = p.add_argument_group('Ray (pip install "meds[ray]")')
+    g.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run on Ray: join the cluster at ADDRESS, or without one start a local instance")
+    g.add_argument("--worker-cpus", type=float, default=1.0, help="CPUs per Ray task or actor (default 1)")
+    g.add_argument("--worker-gpus", type=float, default=0.0, help="GPUs per Ray task or actor (default 0)")
+    if pool:
+        g.add_argument("--workers", type=int, default=None,
+                       help="actors scoring images (default: the cluster's CPUs / --worker-cpus)")
+
+
+def _ray_settings(args) -> Optional[dict]:
+    """``None`` for a local run, else the address and resources of the Ray tasks."""
+    if args.worker_cpus <= 0:
+        raise CLIError(f"--worker-cpus must be > 0, got {args.worker_cpus}")
+    if args.worker_gpus < 0:
+        raise CLIError(f"--worker-gpus must be >= 0, got {args.worker_gpus}")
+    if args.ray is None:
+        return None
+    from ..distributed import require_ray
+
+    require_ray("--ray")
+    return {"address": args.ray or None, "num_cpus": args.worker_cpus, "num_gpus": args.worker_gpus,
+            "progress": not args.quiet}
+
+
 def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="dataset root: MVTec AD, VisA, Real-IAD or a plain folder")
     p.add_argument("--category", action="append", help="category to use (repeatable; default: all)")
@@ -103,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(p)
     p.add_argument("--out", required=True, help="run folder (one model folder per category)")
     _add_model_options(p)
+    _add_ray_options(p)
     _add_common(p)
 
     p = sub.add_parser("predict", help="score images with a trained model")
@@ -111,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--category", help="category model inside the run folder")
     p.add_argument("--out", required=True, help="output folder (predictions.csv, heatmaps/)")
     p.add_argument("--device", default="auto")
+    _add_ray_options(p, pool=True)
     _add_common(p)
 
     p = sub.add_parser("audit", help="rank the training images by suspicion (HTML + CSV)")
@@ -118,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--model", help="reuse a model folder written by 'meds fit' instead of training")
     _add_model_options(p)
+    _add_ray_options(p)
     _add_common(p)
 
     p = sub.add_parser("eval", help="noise-robustness evaluation per category")
@@ -130,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlap", action="store_true", help="shorthand for --protocols overlap (official protocol)")
     p.add_argument("--out", help="folder for results.json and results.md")
     _add_model_options(p)
+    _add_ray_options(p)
     _add_common(p)
 
     p = sub.add_parser("demo", help="the whole pipeline on a generated synthetic dataset")
@@ -217,11 +247,11 @@ def _expand_images(items: Sequence[str]) -> list[str]:
     return paths
 
 
-def _fit_category(data, kwargs: dict, checkpoint_dir: Optional[Path] = None):
+def _fit_category(data, kwargs: dict, checkpoint_dir: Optional[Path] = None, callback=None):
     from ..method.model import MeDS
 
     model = MeDS(**kwargs)
-    return model.fit(data.train_paths(), checkpoint_dir=checkpoint_dir)
+    return model.fit(data.train_paths(), checkpoint_dir=checkpoint_dir, callback=callback)
 
 
 # -- commands --------------------------------------------------------------------------
@@ -231,20 +261,27 @@ def cmd_fit(args) -> int:
     from ..locking import folder_lock
 
     kwargs = _model_kwargs(args)
+    ray = _ray_settings(args)
     out = Path(args.out)
     datasets = _load_categories(args)
     with folder_lock(out, "--out"):
+        if ray is not None:
+            from ..distributed.tasks import Job, fit_job, report_failures, run_jobs
+
+            out = out.resolve()  # workers may run elsewhere
+            jobs = [Job(data.name, fit_job, (data, kwargs, out)) for data in datasets]
+            return report_failures("fit", run_jobs(jobs, desc="fit", **ray))
         for data in datasets:
             _fit_and_save(data, kwargs, out)
     return 0
 
 
-def _fit_and_save(data, kwargs: dict, out: Path) -> None:
+def _fit_and_save(data, kwargs: dict, out: Path, callback=None) -> None:
     """One category: fit (checkpointed in <out>/<category>/checkpoint), save, write scores."""
     target = out / data.name
     _say(f"fitting {data.summary()}")
     start = time.perf_counter()
-    model = _fit_category(data, kwargs, checkpoint_dir=target / "checkpoint")
+    model = _fit_category(data, kwargs, checkpoint_dir=target / "checkpoint", callback=callback)
     model.save(target)
     _write_training_scores(model, data, target / "training_scores.csv")
     n_flagged = int((~model.selected_).sum())
@@ -289,14 +326,25 @@ def cmd_predict(args) -> int:
     from ..method.model import MeDS
     from .report import write_prediction_outputs
 
+    ray = _ray_settings(args)
+    if args.workers is not None and args.workers < 1:
+        raise CLIError(f"--workers must be >= 1, got {args.workers}")
     model_dir = _resolve_model_dir(args.run, args.category)
     paths = _expand_images(args.images)
-    model = MeDS.load(model_dir, device=args.device, verbose=not args.quiet)
-    pred = model.predict(paths)
-    written = write_prediction_outputs(paths, pred.scores, pred.labels, pred.maps, None, args.out, pred.threshold,
+    model = MeDS.load(model_dir, device="cpu" if ray is not None else args.device, verbose=not args.quiet)
+    if ray is not None:
+        from ..distributed.predict import predict_on_ray
+
+        scores, labels, maps = predict_on_ray(model_dir, paths, batch_size=model.batch_size, device=args.device,
+                                              workers=args.workers, **ray)
+        threshold = float(model.threshold_)
+    else:
+        pred = model.predict(paths)
+        scores, labels, maps, threshold = pred.scores, pred.labels, pred.maps, pred.threshold
+    written = write_prediction_outputs(paths, scores, labels, maps, None, args.out, threshold,
                                        progress=not args.quiet)
-    n_bad = int(pred.labels.sum())
-    _say(f"{len(paths)} images scored, {n_bad} above the threshold {pred.threshold:.4f}")
+    n_bad = int(labels.sum())
+    _say(f"{len(paths)} images scored, {n_bad} above the threshold {threshold:.4f}")
     _say(f"wrote {written.get('csv', Path(args.out) / 'predictions.csv')}")
     return 0
 
@@ -314,28 +362,40 @@ def _check_same_training_files(model, data, model_dir: str) -> None:
 
 
 def cmd_audit(args) -> int:
+    kwargs = _model_kwargs(args)
+    ray = _ray_settings(args)
+    out = Path(args.out)
+    datasets = _load_categories(args)
+    targets = [out / data.name if len(datasets) > 1 else out for data in datasets]
+    if ray is not None:
+        from ..distributed.tasks import Job, audit_job, report_failures, run_jobs
+
+        jobs = [Job(data.name, audit_job, (data, args, kwargs, target.resolve(), len(datasets) > 1))
+                for data, target in zip(datasets, targets)]
+        return report_failures("audit", run_jobs(jobs, desc="audit", **ray))
+    for data, target in zip(datasets, targets):
+        _audit_category(data, args, kwargs, target, len(datasets) > 1)
+    return 0
+
+
+def _audit_category(data, args, kwargs: dict, target: Path, many: bool, callback=None) -> None:
+    """One category: fit (or load ``--model``, a run folder if ``many``), write the report into ``target``."""
     from .report import write_audit
     from ..method.model import MeDS
 
-    kwargs = _model_kwargs(args)
-    out = Path(args.out)
-    datasets = _load_categories(args)
-    for data in datasets:
-        target = out / data.name if len(datasets) > 1 else out
-        if args.model:
-            model = MeDS.load(_resolve_model_dir(args.model, data.name if len(datasets) > 1 else None),
-                              device=args.device, verbose=not args.quiet)
-            _check_same_training_files(model, data, args.model)
-        else:
-            _say(f"fitting {data.summary()}")
-            model = _fit_category(data, kwargs)
-        settings = {"category": data.name, "training images": len(data.train), "backbone": model.backbone,
-                    "banks": model.n_banks, "bank ratio": model.bank_ratio, "selection k": model.train_config.selection_k}
-        written = write_audit(model, data, target, settings)
-        flagged = int((~model.selected_).sum())
-        _say(f"{data.name}: {flagged} of {len(data.train)} training images flagged as suspicious")
-        _say(f"  report: {written.get('html', target / 'index.html')}")
-    return 0
+    if args.model:
+        model = MeDS.load(_resolve_model_dir(args.model, data.name if many else None),
+                          device=args.device, verbose=kwargs["verbose"])
+        _check_same_training_files(model, data, args.model)
+    else:
+        _say(f"fitting {data.summary()}")
+        model = _fit_category(data, kwargs, callback=callback)
+    settings = {"category": data.name, "training images": len(data.train), "backbone": model.backbone,
+                "banks": model.n_banks, "bank ratio": model.bank_ratio, "selection k": model.train_config.selection_k}
+    written = write_audit(model, data, target, settings)
+    flagged = int((~model.selected_).sum())
+    _say(f"{data.name}: {flagged} of {len(data.train)} training images flagged as suspicious")
+    _say(f"  report: {written.get('html', target / 'index.html')}")
 
 
 def cmd_eval(args) -> int:
@@ -357,9 +417,21 @@ def cmd_eval(args) -> int:
         raise CLIError(f"--protocols: expected no-overlap and/or overlap, got {args.protocols!r}")
     config = ExperimentConfig(noise_ratios=args.noise, seeds=args.seeds, methods=methods, protocols=protocols,
                               model_kwargs={**model_kwargs, "verbose": False}, meds_kwargs=kwargs)
+    ray = _ray_settings(args)
     datasets = _load_categories(args)
     start = time.perf_counter()
-    rows = run_experiment(datasets, config, verbose=not args.quiet)
+    status = 0
+    if ray is not None:
+        from ..distributed.tasks import Job, eval_job, report_failures, run_jobs
+        from ..evaluation.experiment import experiment_settings
+
+        jobs = [Job(f"{data.name} noise {ratio} seed {seed}", eval_job, (data, ratio, seed, config))
+                for data, ratio, seed in experiment_settings(datasets, config)]
+        outcomes = run_jobs(jobs, desc="eval", **ray)
+        rows = [row for out in outcomes if out.ok for row in out.value]
+        status = report_failures("eval", outcomes, what="setting")
+    else:
+        rows = run_experiment(datasets, config, verbose=not args.quiet)
     text = "\n\n".join(_results_markdown(of_protocol(rows, p), p, args.seeds) for p in protocols)
     print(text)
     if args.out:
@@ -367,7 +439,7 @@ def cmd_eval(args) -> int:
         save_json({"rows": rows, "protocols": protocols, "seconds": time.perf_counter() - start}, out / "results.json")
         (out / "results.md").write_text(text + "\n", encoding="utf-8")
         _say(f"wrote {out / 'results.json'} and {out / 'results.md'}")
-    return 0
+    return status
 
 
 def _results_markdown(rows, protocol: str, seeds) -> str:
