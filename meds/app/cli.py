@@ -7,7 +7,9 @@
     meds demo                                     everything above on a synthetic set
     meds bench                                    kernel throughput table
 
-Errors print one line and exit non-zero; ``--debug`` shows the traceback.
+``fit``, ``audit``, ``eval`` and ``predict`` take ``--ray [ADDRESS]`` to run on Ray
+(:mod:`meds.distributed`). Errors print one line and exit non-zero; ``--debug`` shows the
+traceback.
 """
 
 from __future__ import annotations
