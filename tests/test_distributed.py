@@ -101,6 +101,27 @@ def test_predict_on_ray_equals_the_local_csv_and_heat_maps(dataset, ray_run, tmp
         assert (tmp_path / "ray" / "heatmaps" / name).read_bytes() == (tmp_path / "local" / "heatmaps" / name).read_bytes()
 
 
+def test_audit_on_ray_writes_the_local_reports(dataset, ray_run, tmp_path):
+    args = ["audit", str(dataset), "--model", str(ray_run), "--device", "cpu", "--quiet"]
+    assert cli.main([*args, "--out", str(tmp_path / "local")]) == 0
+    assert cli.main([*args, "--out", str(tmp_path / "ray"), "--ray"]) == 0
+    for category in CATEGORIES:
+        local = (tmp_path / "local" / category / "audit.csv").read_text()
+        assert local and (tmp_path / "ray" / category / "audit.csv").read_text() == local
+
+
+def test_eval_on_ray_gives_the_local_rows(dataset, tmp_path):
+    import json
+
+    args = ["eval", str(dataset), "--category", "wood", "--noise", "0,0.25", "--seeds", "0",
+            "--methods", "nearest_neighbour,meds", *FAST]
+    assert cli.main([*args, "--out", str(tmp_path / "local")]) == 0
+    assert cli.main([*args, "--out", str(tmp_path / "ray"), "--ray"]) == 0
+    rows = [[{k: v for k, v in row.items() if k != "fit_seconds"} for row in
+             json.loads((tmp_path / run / "results.json").read_text())["rows"]] for run in ("local", "ray")]
+    assert len(rows[0]) == 4 and rows[1] == rows[0]  # same metrics, same order
+
+
 def test_a_worker_killed_mid_fit_is_retried_and_gives_the_same_model(dataset, local_run, tmp_path):
     from meds.distributed.tasks import Job, run_jobs
 
