@@ -17,6 +17,7 @@ _LAZY = {
     "expected_min_distance": "meds.kernels.ops",
     "build_info": "meds.kernels.ops",
     "MeDS": "meds.method.model",
+    "memory_scores": "meds.method.memory",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

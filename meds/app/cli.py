@@ -9,7 +9,9 @@
     meds demo                                     everything above on a synthetic set
     meds bench                                    kernel throughput table
 
-Errors print one line and exit non-zero; ``--debug`` shows the traceback.
+``fit``, ``audit``, ``eval`` and ``predict`` take ``--ray [ADDRESS]`` to run on Ray
+(:mod:`meds.distributed`). Errors print one line and exit non-zero; ``--debug`` shows the
+traceback.
 """
 
 from __future__ import annotations
@@ -92,6 +94,32 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0)
 
 
+def _add_ray_options(p: argparse.ArgumentParser, pool: bool = False) -> None:
+    g = p.add_argument_group('Ray (pip install "meds[ray]")')
+    g.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run on Ray: join the cluster at ADDRESS, or without one start a local instance")
+    g.add_argument("--worker-cpus", type=float, default=1.0, help="CPUs per Ray task or actor (default 1)")
+    g.add_argument("--worker-gpus", type=float, default=0.0, help="GPUs per Ray task or actor (default 0)")
+    if pool:
+        g.add_argument("--workers", type=int, default=None,
+                       help="actors scoring images (default: the cluster's CPUs / --worker-cpus)")
+
+
+def _ray_settings(args) -> Optional[dict]:
+    """``None`` for a local run, else the address and resources of the Ray tasks."""
+    if args.worker_cpus <= 0:
+        raise CLIError(f"--worker-cpus must be > 0, got {args.worker_cpus}")
+    if args.worker_gpus < 0:
+        raise CLIError(f"--worker-gpus must be >= 0, got {args.worker_gpus}")
+    if args.ray is None:
+        return None
+    from ..distributed import require_ray
+
+    require_ray("--ray")
+    return {"address": args.ray or None, "num_cpus": args.worker_cpus, "num_gpus": args.worker_gpus,
+            "progress": not args.quiet}
+
+
 def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="dataset root: MVTec AD, VisA, Real-IAD or a plain folder")
     p.add_argument("--category", action="append", help="category to use (repeatable; default: all)")
@@ -115,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder (one model folder per category)")
     _add_labels_option(p)
     _add_model_options(p)
+    _add_ray_options(p)
     _add_common(p)
 
     p = sub.add_parser("predict", help="score images with a trained model")
@@ -123,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--category", help="category model inside the run folder")
     p.add_argument("--out", required=True, help="output folder (predictions.csv, heatmaps/)")
     p.add_argument("--device", default="auto")
+    _add_ray_options(p, pool=True)
     _add_common(p)
 
     p = sub.add_parser("export", help="export a trained model to ONNX or OpenVINO (runs without torch)")
@@ -150,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="reuse a model folder written by 'meds fit' instead of training")
     _add_labels_option(p)
     _add_model_options(p)
+    _add_ray_options(p)
     _add_common(p)
 
     p = sub.add_parser("eval", help="noise-robustness evaluation per category")
@@ -162,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlap", action="store_true", help="shorthand for --protocols overlap (official protocol)")
     p.add_argument("--out", help="folder for results.json and results.md")
     _add_model_options(p)
+    _add_ray_options(p)
     _add_common(p)
 
     p = sub.add_parser("demo", help="the whole pipeline on a generated synthetic dataset")
@@ -249,11 +281,11 @@ def _expand_images(items: Sequence[str]) -> list[str]:
     return paths
 
 
-def _fit_category(data, kwargs: dict, checkpoint_dir: Optional[Path] = None, labels=None):
+def _fit_category(data, kwargs: dict, checkpoint_dir: Optional[Path] = None, labels=None, callback=None):
     from ..method.model import MeDS
 
     model = MeDS(**kwargs)
-    return model.fit(data.train_paths(), checkpoint_dir=checkpoint_dir, labels=labels)
+    return model.fit(data.train_paths(), checkpoint_dir=checkpoint_dir, labels=labels, callback=callback)
 
 
 def _read_labels(args, datasets) -> list:
@@ -292,21 +324,28 @@ def cmd_fit(args) -> int:
     from ..locking import folder_lock
 
     kwargs = _model_kwargs(args)
+    ray = _ray_settings(args)
     out = Path(args.out)
     datasets = _load_categories(args)
     labels = _read_labels(args, datasets)
     with folder_lock(out, "--out"):
+        if ray is not None:
+            from ..distributed.tasks import Job, fit_job, report_failures, run_jobs
+
+            out = out.resolve()  # workers may run elsewhere
+            jobs = [Job(data.name, fit_job, (data, kwargs, out, these)) for data, these in zip(datasets, labels)]
+            return report_failures("fit", run_jobs(jobs, desc="fit", **ray))
         for data, these in zip(datasets, labels):
             _fit_and_save(data, kwargs, out, these)
     return 0
 
 
-def _fit_and_save(data, kwargs: dict, out: Path, labels=None) -> None:
+def _fit_and_save(data, kwargs: dict, out: Path, labels=None, callback=None) -> None:
     """One category: fit (checkpointed in <out>/<category>/checkpoint), save, write scores."""
     target = out / data.name
     _say(f"fitting {data.summary()}" + (f"; labels: {_label_summary(labels)}" if labels is not None else ""))
     start = time.perf_counter()
-    model = _fit_category(data, kwargs, checkpoint_dir=target / "checkpoint", labels=labels)
+    model = _fit_category(data, kwargs, checkpoint_dir=target / "checkpoint", labels=labels, callback=callback)
     model.save(target)
     _write_training_scores(model, data, target / "training_scores.csv")
     n_flagged = int((~model.selected_).sum())
@@ -354,12 +393,17 @@ def _is_exported(run: str) -> bool:
 def cmd_predict(args) -> int:
     from .report import write_prediction_outputs
 
+    ray = _ray_settings(args)
+    if args.workers is not None and args.workers < 1:
+        raise CLIError(f"--workers must be >= 1, got {args.workers}")
     paths = _expand_images(args.images)
     if _is_exported(args.run):
         from ..deploy import Detector
 
         if args.category:
             raise CLIError(f"--category chooses a model inside a run folder; {args.run} is one exported model")
+        if ray is not None:
+            raise CLIError(f"--ray scores with a model folder; {args.run} is an exported model")
         try:
             model = Detector(args.run)
         except ImportError as error:
@@ -367,12 +411,21 @@ def cmd_predict(args) -> int:
     else:
         from ..method.model import MeDS
 
-        model = MeDS.load(_resolve_model_dir(args.run, args.category), device=args.device, verbose=not args.quiet)
-    pred = model.predict(paths)
-    written = write_prediction_outputs(paths, pred.scores, pred.labels, pred.maps, None, args.out, pred.threshold,
+        model_dir = _resolve_model_dir(args.run, args.category)
+        model = MeDS.load(model_dir, device="cpu" if ray is not None else args.device, verbose=not args.quiet)
+    if ray is not None:
+        from ..distributed.predict import predict_on_ray
+
+        scores, labels, maps = predict_on_ray(model_dir, paths, batch_size=model.batch_size, device=args.device,
+                                              workers=args.workers, **ray)
+        threshold = float(model.threshold_)
+    else:
+        pred = model.predict(paths)
+        scores, labels, maps, threshold = pred.scores, pred.labels, pred.maps, pred.threshold
+    written = write_prediction_outputs(paths, scores, labels, maps, None, args.out, threshold,
                                        progress=not args.quiet)
-    n_bad = int(pred.labels.sum())
-    _say(f"{len(paths)} images scored, {n_bad} above the threshold {pred.threshold:.4f}")
+    n_bad = int(labels.sum())
+    _say(f"{len(paths)} images scored, {n_bad} above the threshold {threshold:.4f}")
     _say(f"wrote {written.get('csv', Path(args.out) / 'predictions.csv')}")
     return 0
 
@@ -406,21 +459,35 @@ def _check_same_training_files(model, data, model_dir: str) -> None:
 
 
 def cmd_audit(args) -> int:
-    from .report import write_audit
-
+    kwargs = _model_kwargs(args)
+    ray = _ray_settings(args)
     out = Path(args.out)
     datasets, labels = _datasets_and_labels(args)
-    for data, these in zip(datasets, labels):
-        target = out / data.name if len(datasets) > 1 else out
-        model = _model_for(args, data, datasets, these)
-        settings = {"category": data.name, "training images": len(data.train), "backbone": model.backbone,
-                    "banks": model.n_banks, "bank ratio": model.bank_ratio, "selection k": model.train_config.selection_k,
-                    "labels used": f"{model.label_counts_['defective']} defective, {model.label_counts_['good']} good"}
-        written = write_audit(model, data, target, settings, labels=these)
-        flagged = int((~model.selected_).sum())
-        _say(f"{data.name}: {flagged} of {len(data.train)} training images flagged as suspicious")
-        _say(f"  report: {written.get('html', target / 'index.html')}")
+    many = len(datasets) > 1
+    targets = [out / data.name if many else out for data in datasets]
+    if ray is not None:
+        from ..distributed.tasks import Job, audit_job, report_failures, run_jobs
+
+        jobs = [Job(data.name, audit_job, (data, args, kwargs, target.resolve(), many, these))
+                for data, target, these in zip(datasets, targets, labels)]
+        return report_failures("audit", run_jobs(jobs, desc="audit", **ray))
+    for data, target, these in zip(datasets, targets, labels):
+        _audit_category(data, args, kwargs, target, many, these)
     return 0
+
+
+def _audit_category(data, args, kwargs: dict, target: Path, many: bool, labels=None, callback=None) -> None:
+    """One category: fit (or load ``--model``, a run folder if ``many``), write the report into ``target``."""
+    from .report import write_audit
+
+    model = _model_for(args, data, many, labels, kwargs, callback)
+    settings = {"category": data.name, "training images": len(data.train), "backbone": model.backbone,
+                "banks": model.n_banks, "bank ratio": model.bank_ratio, "selection k": model.train_config.selection_k,
+                "labels used": f"{model.label_counts_['defective']} defective, {model.label_counts_['good']} good"}
+    written = write_audit(model, data, target, settings, labels=labels)
+    flagged = int((~model.selected_).sum())
+    _say(f"{data.name}: {flagged} of {len(data.train)} training images flagged as suspicious")
+    _say(f"  report: {written.get('html', target / 'index.html')}")
 
 
 def _datasets_and_labels(args):
@@ -429,15 +496,16 @@ def _datasets_and_labels(args):
     return datasets, _read_labels(args, datasets)
 
 
-def _model_for(args, data, datasets, labels):
-    """The fitted model of one category: loaded from ``--model`` or fitted here."""
+def _model_for(args, data, many: bool, labels, kwargs: Optional[dict] = None, callback=None):
+    """The fitted model of one category: loaded from ``--model`` (a run folder if ``many``)
+    or fitted here with ``kwargs`` (default: the command line's model options)."""
     from ..method.model import MeDS
 
     if args.model:
         from ..method.persistence import CONFIG_FILE
 
         # A run folder of 'meds fit' holds <category>/; a model folder is used as it is.
-        inside = len(datasets) > 1 or (Path(args.model) / data.name / CONFIG_FILE).is_file()
+        inside = many or (Path(args.model) / data.name / CONFIG_FILE).is_file()
         model = MeDS.load(_resolve_model_dir(args.model, data.name if inside else None),
                           device=args.device, verbose=not args.quiet)
         _check_same_training_files(model, data, args.model)
@@ -450,7 +518,7 @@ def _model_for(args, data, datasets, labels):
                              f"{given['defective']} and {given['good']}; refit with 'meds fit --labels' or pass its labels")
         return model
     _say(f"fitting {data.summary()}" + (f"; labels: {_label_summary(labels)}" if labels is not None else ""))
-    return _fit_category(data, _model_kwargs(args), labels=labels)
+    return _fit_category(data, kwargs or _model_kwargs(args), labels=labels, callback=callback)
 
 
 def cmd_clean(args) -> int:
@@ -459,7 +527,7 @@ def cmd_clean(args) -> int:
     out = Path(args.out)
     datasets, labels = _datasets_and_labels(args)
     for data, these in zip(datasets, labels):
-        model = _model_for(args, data, datasets, these)
+        model = _model_for(args, data, len(datasets) > 1, these)
         written = write_clean(model, data, out, labels=these, copy=args.copy)
         _say(f"{data.name}: {written['kept']} trusted training images in {written['dir'] / 'train' / 'good'}, "
              f"{written['suspicious']} in suspicious/, {written['test']} test images")
@@ -485,9 +553,21 @@ def cmd_eval(args) -> int:
         raise CLIError(f"--protocols: expected no-overlap and/or overlap, got {args.protocols!r}")
     config = ExperimentConfig(noise_ratios=args.noise, seeds=args.seeds, methods=methods, protocols=protocols,
                               model_kwargs={**model_kwargs, "verbose": False}, meds_kwargs=kwargs)
+    ray = _ray_settings(args)
     datasets = _load_categories(args)
     start = time.perf_counter()
-    rows = run_experiment(datasets, config, verbose=not args.quiet)
+    status = 0
+    if ray is not None:
+        from ..distributed.tasks import Job, eval_job, report_failures, run_jobs
+        from ..evaluation.experiment import experiment_settings
+
+        jobs = [Job(f"{data.name} noise {ratio} seed {seed}", eval_job, (data, ratio, seed, config))
+                for data, ratio, seed in experiment_settings(datasets, config)]
+        outcomes = run_jobs(jobs, desc="eval", **ray)
+        rows = [row for out in outcomes if out.ok for row in out.value]
+        status = report_failures("eval", outcomes, what="setting")
+    else:
+        rows = run_experiment(datasets, config, verbose=not args.quiet)
     text = "\n\n".join(_results_markdown(of_protocol(rows, p), p, args.seeds) for p in protocols)
     print(text)
     if args.out:
@@ -495,7 +575,7 @@ def cmd_eval(args) -> int:
         save_json({"rows": rows, "protocols": protocols, "seconds": time.perf_counter() - start}, out / "results.json")
         (out / "results.md").write_text(text + "\n", encoding="utf-8")
         _say(f"wrote {out / 'results.json'} and {out / 'results.md'}")
-    return 0
+    return status
 
 
 def _results_markdown(rows, protocol: str, seeds) -> str:

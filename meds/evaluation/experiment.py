@@ -276,6 +276,12 @@ def run_setting(
     return rows
 
 
+def experiment_settings(datasets: Sequence[CategoryData], config: ExperimentConfig) -> list:
+    """``[(data, noise ratio, seed), ...]``: every setting :func:`run_experiment` runs, in order."""
+    pairs = sorted(config.split_lists) or [(r, s) for r in config.noise_ratios for s in config.seeds]
+    return [(d, r, s) for d in datasets for r, s in pairs]
+
+
 def run_experiment(
     datasets: Sequence[CategoryData],
     config: ExperimentConfig,
@@ -294,8 +300,7 @@ def run_experiment(
     """
     from tqdm.auto import tqdm
 
-    pairs = sorted(config.split_lists) or [(r, s) for r in config.noise_ratios for s in config.seeds]
-    settings = [(d, r, s) for d in datasets for r, s in pairs]
+    settings = experiment_settings(datasets, config)
     rows = []
     bar = tqdm(settings, desc="eval", unit="setting", disable=not verbose)
     for data, ratio, seed in bar:

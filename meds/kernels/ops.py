@@ -42,6 +42,7 @@ __all__ = [
     "ensemble_distance",
     "sample_banks",
     "expected_min_distance",
+    "reduce_banks",
     "bank_size",
     "build_info",
 ]
@@ -467,6 +468,37 @@ def ensemble_distance(queries, memory, groups, banks, *, metric="cosine", query_
         del gm
         out[start:stop] = _nanmean_rows(per_bank) if reduce == "mean" else per_bank
     return kind.result(out)
+
+
+def reduce_banks(group_min, banks, *, reduce="mean"):
+    """The bank reduction of :func:`ensemble_distance` applied to precomputed group minima.
+
+    ``ensemble_distance(q, m, g, banks)`` equals ``reduce_banks(group_min_distance(q, m, g,
+    G), banks)`` bit for bit (the same reduction code runs); this form lets the ``(Nq, G)``
+    columns come from several memory shards, concatenated in group order.
+
+    Args:
+        group_min: ``(Nq, G)`` float32 array/tensor (NaN = group not eligible).
+        banks: ``(B, m)`` integer group ids or a ``(B, G)`` bool mask, as in
+            :func:`ensemble_distance`.
+        reduce: ``"mean"`` -> ``(Nq,)``; ``"none"`` -> ``(Nq, B)``.
+
+    Returns:
+        float32 of the kind/device of ``group_min``.
+    """
+    fn = "reduce_banks"
+    kind = _Kind(group_min, fn, "group_min")
+    _check_float(group_min, kind, fn, "group_min")
+    _check_choice(reduce, _REDUCE, fn, "reduce")
+    gm = kind.tensor(group_min)
+    if gm.dtype != torch.float32:
+        raise TypeError(f"{fn}: argument 'group_min' must have dtype float32, got {gm.dtype}")
+    g = int(gm.shape[1])
+    if g == 0:
+        raise ValueError(f"{fn}: argument 'group_min' must have at least one group column, got shape {tuple(gm.shape)}")
+    ids, _, _ = _prepare_banks(banks, kind, fn, g)
+    per_bank = _bank_min(gm, ids, _DEFAULT_BUDGET // 2)
+    return kind.result(_nanmean_rows(per_bank) if reduce == "mean" else per_bank)
 
 
 def bank_size(n_groups: int, ratio: float) -> int:

@@ -10,6 +10,7 @@ average by its B -> infinity limit (:func:`meds.kernels.ops.expected_min_distanc
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional, Union
 
 import numpy as np
@@ -19,6 +20,8 @@ from tqdm.auto import tqdm
 from ..kernels import ops
 
 BankCount = Union[int, str]
+#: How ``memory_scores(workers=N)`` splits stage 1 across Ray actors.
+SHARD_MODES = ("queries", "memory")
 
 
 def check_bank_count(n_banks: BankCount, fn: str = "memory_scores") -> None:
@@ -28,6 +31,62 @@ def check_bank_count(n_banks: BankCount, fn: str = "memory_scores") -> None:
             raise ValueError(f"{fn}: n_banks must be a positive int or 'exact', got {n_banks!r}")
     elif int(n_banks) < 1:
         raise ValueError(f"{fn}: n_banks must be >= 1, got {n_banks}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage1Plan:
+    """What one stage-1 run computes, independent of where: the banks and the query chunks.
+
+    The local loop and every Ray actor (:mod:`meds.distributed.stage1`) call
+    :meth:`score_images` on the same chunks, so sharding the queries changes nothing.
+    """
+
+    n_images: int
+    n_patches: int
+    banks: Optional[np.ndarray]  # (B, m) image ids; None = the closed-form limit
+    bank_size: int
+    replace: bool
+    exclude_self: bool
+    metric: str
+    images_per_chunk: int
+    excluded: Optional[np.ndarray] = None  # (N,) bool: images no memory may hold (labelled defects)
+
+    def chunks(self) -> list:
+        """``[(start, stop), ...]`` image ranges of the query chunks."""
+        step = self.images_per_chunk
+        return [(s, min(s + step, self.n_images)) for s in range(0, self.n_images, step)]
+
+    def memory_rows(self, features: torch.Tensor) -> tuple:
+        """``(N * L, D)`` memory rows and their ``(N * L,)`` image ids."""
+        memory = features.reshape(self.n_images * self.n_patches, features.shape[-1])
+        groups = torch.arange(self.n_images, device=features.device).repeat_interleave(self.n_patches)
+        return memory, groups
+
+    def score_images(self, memory: torch.Tensor, groups: torch.Tensor, banks: Optional[torch.Tensor],
+                     start: int, stop: int) -> torch.Tensor:
+        """``(stop - start, L)`` scores of query images ``[start, stop)`` against the memory."""
+        rows = slice(start * self.n_patches, stop * self.n_patches)
+        queries, query_groups = memory[rows], groups[rows]
+        if banks is None:
+            nearest = ops.group_min_distance(
+                queries, memory, groups, self.n_images, metric=self.metric,
+                query_groups=query_groups, exclude_self=self.exclude_self,
+            )
+            chunk = self.reduce(nearest)
+        else:
+            chunk = ops.ensemble_distance(
+                queries, memory, groups, banks, metric=self.metric,
+                query_groups=query_groups, exclude_self=self.exclude_self,
+            )
+        return chunk.reshape(stop - start, self.n_patches)
+
+    def reduce(self, nearest: torch.Tensor) -> torch.Tensor:
+        """Scores ``(rows,)`` from the ``(rows, N)`` per-image minima of some query rows."""
+        if self.banks is None:
+            if self.excluded is not None:  # images no memory may hold leave the closed form (NaN)
+                nearest[:, torch.as_tensor(self.excluded, device=nearest.device)] = float("nan")
+            return ops.expected_min_distance(nearest, self.bank_size, replace=self.replace)
+        return ops.reduce_banks(nearest, torch.as_tensor(self.banks, device=nearest.device))
 
 
 def memory_scores(
@@ -42,6 +101,8 @@ def memory_scores(
     images_per_chunk: int = 16,
     progress: bool = True,
     allowed: Optional[torch.Tensor] = None,
+    workers: Optional[int] = None,
+    shard: str = "queries",
 ) -> torch.Tensor:
     """Memory-ensemble score of every training patch.
 
@@ -59,6 +120,14 @@ def memory_scores(
         allowed: ``(N,)`` bool, the images a memory may hold (``None``: all). Banks of
             ``ceil(rho * n_allowed)`` images are drawn over the allowed ones only; every
             image is still scored.
+        workers: Run on this many Ray actors (``pip install "meds[ray]"``; joins the
+            running Ray instance, else ``ray.init()``), or on the actors of a
+            :class:`~meds.distributed.stage1.Stage1Workers`; ``None`` or 0 runs here. See
+            :func:`meds.distributed.stage1.sharded_memory_scores` for the two ``shard``
+            modes, their memory per actor and how exactly they match the local result.
+        shard: With ``workers``: ``"queries"`` (each actor scores some query images
+            against the whole memory) or ``"memory"`` (each actor holds a share of the
+            memory images).
 
     Returns:
         ``(N, L)`` float32 scores on the device of ``features``.
@@ -75,34 +144,30 @@ def memory_scores(
     pool = None if allowed is None else torch.nonzero(torch.as_tensor(allowed, device="cpu")).flatten().numpy()
     if pool is not None and pool.size < 2:
         raise ValueError(f"memory_scores: need at least 2 allowed images for the memories, got {pool.size}")
-    memory = features.reshape(n_images * n_patches, dim)
-    groups = torch.arange(n_images, device=features.device).repeat_interleave(n_patches)
-    bank_size = ops.bank_size(n_images if pool is None else pool.size, bank_ratio)
+    if isinstance(workers, bool) or isinstance(workers, int) and workers < 0:
+        raise ValueError(f"memory_scores: workers must be None, an int >= 0 or a Stage1Workers, got {workers!r}")
+    if shard not in SHARD_MODES:
+        raise ValueError(f"memory_scores: shard must be one of {list(SHARD_MODES)}, got {shard!r}")
+
     banks = None
     if n_banks != "exact":
         banks = draw_banks(n_images, int(n_banks), bank_ratio, replace=replace, seed=seed, pool=pool)
-        banks = torch.as_tensor(banks, device=features.device)
+    excluded = None
+    if pool is not None:
+        excluded = np.ones(n_images, dtype=bool)
+        excluded[pool] = False
+    plan = Stage1Plan(n_images, n_patches, banks, ops.bank_size(n_images if pool is None else pool.size, bank_ratio),
+                      replace, exclude_self, metric, images_per_chunk, excluded)
+    if workers:
+        from ..distributed.stage1 import sharded_memory_scores  # noqa: PLC0415 - Ray is optional
 
-    scores = torch.empty(n_images, n_patches, dtype=torch.float32, device=features.device)
-    starts = range(0, n_images, images_per_chunk)
-    for start in tqdm(starts, desc="stage 1: memory ensemble", unit="chunk", disable=not progress):
-        stop = min(start + images_per_chunk, n_images)
-        queries = memory[start * n_patches : stop * n_patches]
-        query_groups = groups[start * n_patches : stop * n_patches]
-        if banks is None:
-            nearest = ops.group_min_distance(
-                queries, memory, groups, n_images, metric=metric,
-                query_groups=query_groups, exclude_self=exclude_self,
-            )
-            if pool is not None:  # images no memory may hold leave the closed form (NaN)
-                nearest[:, ~torch.as_tensor(allowed, device=nearest.device)] = float("nan")
-            chunk = ops.expected_min_distance(nearest, bank_size, replace=replace)
-        else:
-            chunk = ops.ensemble_distance(
-                queries, memory, groups, banks, metric=metric,
-                query_groups=query_groups, exclude_self=exclude_self,
-            )
-        scores[start:stop] = chunk.reshape(stop - start, n_patches)
+        scores = sharded_memory_scores(features, plan, workers=workers, shard=shard, progress=progress)
+    else:
+        scores = torch.empty(n_images, n_patches, dtype=torch.float32, device=features.device)
+        memory, groups = plan.memory_rows(features)
+        banks_t = None if banks is None else torch.as_tensor(banks, device=features.device)
+        for start, stop in tqdm(plan.chunks(), desc="stage 1: memory ensemble", unit="chunk", disable=not progress):
+            scores[start:stop] = plan.score_images(memory, groups, banks_t, start, stop)
     if torch.isnan(scores).any():
         # Only possible with exclude_self and tiny banks: a patch whose every memory held
         # only its own image. Fall back to the largest score seen (most suspicious).

@@ -29,7 +29,7 @@ import torch
 from .. import __version__
 from .detector import ImageLike, PatchDetector
 from ..locking import folder_lock
-from .memory import BankCount, check_bank_count, memory_scores, nearest_neighbour_scores
+from .memory import SHARD_MODES, BankCount, check_bank_count, memory_scores, nearest_neighbour_scores
 from .scoring import robust_centre_scale, robust_threshold, top_fraction_mean
 from .network import NETWORK_PRESETS, NetworkConfig, ReconstructionNetwork
 from .fingerprint import training_fingerprint
@@ -89,6 +89,11 @@ class MeDS(PatchDetector):
         coreset_ratio: Share of each trusted image's patches kept in the memory bank
             (greedy k-center); bounds the cost of prediction.
         seed: Seed of every random choice (banks, init, batches, dropout).
+        workers: Run stage 1 on this many Ray actors, or on a
+            :class:`~meds.distributed.stage1.Stage1Workers` (``pip install "meds[ray]"``);
+            ``None`` runs it here. The scores are the same (see
+            :func:`~meds.method.memory.memory_scores`); not saved with the model.
+        stage1_shard: How those actors split stage 1: ``"queries"`` or ``"memory"``.
         **kwargs: Backbone, post-processing and runtime options of
             :class:`~meds.method.detector.PatchDetector` (``layers``, ``image_size``,
             ``weights``, ``blur_sigma``, ``threshold_k``, ``device``, ``verbose``...).
@@ -132,6 +137,8 @@ class MeDS(PatchDetector):
         trust_rounds: int = 1,
         coreset_ratio: float = 0.1,
         seed: int = 0,
+        workers=None,
+        stage1_shard: str = "queries",
         **kwargs,
     ):
         super().__init__(backbone, **kwargs)
@@ -160,6 +167,9 @@ class MeDS(PatchDetector):
         self.distillation = bool(distillation)
         self.selection = bool(selection)
         self.seed = int(seed)
+        if stage1_shard not in SHARD_MODES:
+            raise ValueError(f"MeDS: stage1_shard must be one of {list(SHARD_MODES)}, got {stage1_shard!r}")
+        self.workers, self.stage1_shard = workers, stage1_shard
         self.network_: Optional[ReconstructionNetwork] = None
         self.training_scores_: Optional[np.ndarray] = None
         self.selected_: Optional[np.ndarray] = None
@@ -346,6 +356,7 @@ class MeDS(PatchDetector):
             features, n_banks=self.n_banks, bank_ratio=self.bank_ratio, replace=self.bank_replace,
             exclude_self=self.exclude_self, metric=self.metric, seed=self.seed, progress=self.verbose,
             allowed=None if codes is None else torch.as_tensor(codes != DEFECTIVE),
+            workers=self.workers, shard=self.stage1_shard,
         )
         checkpointer.save("memory_scores", {"scores": scores}, {})
         return scores
