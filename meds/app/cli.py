@@ -171,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="reuse a model folder written by 'meds fit' instead of training")
     _add_labels_option(p)
     _add_model_options(p)
+    _add_ray_options(p)
     _add_common(p)
 
     p = sub.add_parser("clean", help="write the trusted training images in the MVTec AD layout")
@@ -180,7 +181,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="reuse a model folder written by 'meds fit' instead of training")
     _add_labels_option(p)
     _add_model_options(p)
-    _add_ray_options(p)
     _add_common(p)
 
     p = sub.add_parser("eval", help="noise-robustness evaluation per category")
