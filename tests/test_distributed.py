@@ -35,11 +35,18 @@ def one_thread():
 
 
 @pytest.fixture(scope="module", autouse=True)
-def cluster(one_thread):
+def cluster(one_thread, tmp_path_factory):
     # The raylet waits this long for its agents to start; on a loaded CI runner the
     # default (seconds) is not always enough.
     os.environ.setdefault("RAY_agent_register_timeout_ms", "120000")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # Workers put their start directory first on sys.path: start them outside the source
+    # tree, so they import the installed meds (with its compiled _C), as the driver does.
+    before = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("ray_cwd"))
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    finally:
+        os.chdir(before)
     yield
     ray.shutdown()
 

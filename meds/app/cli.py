@@ -396,7 +396,6 @@ def cmd_predict(args) -> int:
     ray = _ray_settings(args)
     if args.workers is not None and args.workers < 1:
         raise CLIError(f"--workers must be >= 1, got {args.workers}")
-    paths = _expand_images(args.images)
     if _is_exported(args.run):
         from ..deploy import Detector
 
@@ -413,6 +412,7 @@ def cmd_predict(args) -> int:
 
         model_dir = _resolve_model_dir(args.run, args.category)
         model = MeDS.load(model_dir, device="cpu" if ray is not None else args.device, verbose=not args.quiet)
+    paths = _expand_images(args.images)
     if ray is not None:
         from ..distributed.predict import predict_on_ray
 
