@@ -10,8 +10,18 @@
     meds bench                                    kernel throughput table
 
 ``fit``, ``audit``, ``eval`` and ``predict`` take ``--ray [ADDRESS]`` to run on Ray
-(:mod:`meds.distributed`). Errors print one line and exit non-zero; ``--debug`` shows the
-traceback.
+(:mod:`meds.distributed`). Errors print one line; ``--debug`` shows the traceback.
+
+Exit status: 0 done; 130 interrupted;
+
+* 2 (:class:`UsageError`) - the arguments are wrong: argparse's own errors, and every check
+  of an option's value, alone or with the other options, that needs no file (a value out
+  of range, options that do not go together); also a ``--labels`` file that cannot be used
+  (unreadable, malformed, naming no or several training images, or disagreeing with the
+  ``--model``'s fit), as the README states;
+* 1 (:class:`CLIError` and the other errors) - what the command found while doing its work:
+  a data or model folder that is missing, empty, corrupt or does not fit the data, an
+  unknown category, a held lock, a missing optional package, a failed Ray task.
 """
 
 from __future__ import annotations
@@ -32,7 +42,7 @@ class CLIError(Exception):
 
 
 class UsageError(CLIError):
-    """A bad argument value (exit code 2, like argparse's own errors)."""
+    """Wrong arguments (exit code 2, like argparse's own errors; see the module doc)."""
 
 
 # -- argument helpers ------------------------------------------------------------------
@@ -108,9 +118,9 @@ def _add_ray_options(p: argparse.ArgumentParser, pool: bool = False) -> None:
 def _ray_settings(args) -> Optional[dict]:
     """``None`` for a local run, else the address and resources of the Ray tasks."""
     if args.worker_cpus <= 0:
-        raise CLIError(f"--worker-cpus must be > 0, got {args.worker_cpus}")
+        raise UsageError(f"--worker-cpus must be > 0, got {args.worker_cpus}")
     if args.worker_gpus < 0:
-        raise CLIError(f"--worker-gpus must be >= 0, got {args.worker_gpus}")
+        raise UsageError(f"--worker-gpus must be >= 0, got {args.worker_gpus}")
     if args.ray is None:
         return None
     from ..distributed import require_ray
@@ -219,11 +229,11 @@ def _model_kwargs(args) -> dict:
     from ..method.train import TrainConfig
 
     if not 0.0 < args.bank_ratio <= 1.0:
-        raise CLIError(f"--bank-ratio must be in (0, 1], got {args.bank_ratio}")
+        raise UsageError(f"--bank-ratio must be in (0, 1], got {args.bank_ratio}")
     if not 0.0 < args.coreset_ratio <= 1.0:
-        raise CLIError(f"--coreset-ratio must be in (0, 1], got {args.coreset_ratio}")
+        raise UsageError(f"--coreset-ratio must be in (0, 1], got {args.coreset_ratio}")
     if args.steps is not None and args.steps < 0:
-        raise CLIError(f"--steps must be >= 0, got {args.steps}")
+        raise UsageError(f"--steps must be >= 0, got {args.steps}")
     train = TrainConfig(distill_steps=args.steps, finetune_steps=args.steps, selection_k=args.selection_k)
     kwargs = dict(
         backbone=args.backbone, weights=None if args.weights == "none" else args.weights,
@@ -395,14 +405,14 @@ def cmd_predict(args) -> int:
 
     ray = _ray_settings(args)
     if args.workers is not None and args.workers < 1:
-        raise CLIError(f"--workers must be >= 1, got {args.workers}")
+        raise UsageError(f"--workers must be >= 1, got {args.workers}")
     if _is_exported(args.run):
         from ..deploy import Detector
 
         if args.category:
-            raise CLIError(f"--category chooses a model inside a run folder; {args.run} is one exported model")
+            raise UsageError(f"--category chooses a model inside a run folder; {args.run} is one exported model")
         if ray is not None:
-            raise CLIError(f"--ray scores with a model folder; {args.run} is an exported model")
+            raise UsageError(f"--ray scores with a model folder; {args.run} is an exported model")
         try:
             model = Detector(args.run)
         except ImportError as error:
@@ -434,9 +444,9 @@ def cmd_export(args) -> int:
     from ..method.model import MeDS
 
     if args.half and args.format != "openvino":
-        raise CLIError("--half needs --format openvino (ONNX is exported in FP32)")
+        raise UsageError("--half needs --format openvino (ONNX is exported in FP32)")
     if args.input_size is not None and (len(args.input_size) != 2 or min(args.input_size) < 1):
-        raise CLIError(f"--input-size: expected H,W (two positive integers), got {args.input_size}")
+        raise UsageError(f"--input-size: expected H,W (two positive integers), got {args.input_size}")
     model = MeDS.load(_resolve_model_dir(args.run, args.category), device="cpu", verbose=not args.quiet)
     try:
         written = model.export(args.out, args.format, half=args.half, input_size=args.input_size)
@@ -541,7 +551,7 @@ def cmd_eval(args) -> int:
     methods = list(METHODS) if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
-        raise CLIError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)} or 'all'")
+        raise UsageError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)} or 'all'")
     kwargs = _model_kwargs(args)
     model_kwargs = {k: kwargs.pop(k) for k in ("backbone", "weights", "device") if k in kwargs}
     if "image_size" in kwargs:
@@ -550,7 +560,7 @@ def cmd_eval(args) -> int:
     protocols = ["overlap"] if args.overlap else [p.strip() for p in args.protocols.split(",") if p.strip()]
     bad = [p for p in protocols if p not in PROTOCOLS]
     if bad or not protocols:
-        raise CLIError(f"--protocols: expected no-overlap and/or overlap, got {args.protocols!r}")
+        raise UsageError(f"--protocols: expected no-overlap and/or overlap, got {args.protocols!r}")
     config = ExperimentConfig(noise_ratios=args.noise, seeds=args.seeds, methods=methods, protocols=protocols,
                               model_kwargs={**model_kwargs, "verbose": False}, meds_kwargs=kwargs)
     ray = _ray_settings(args)
