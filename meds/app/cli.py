@@ -306,7 +306,7 @@ def _read_labels(args, datasets) -> list:
     """
     from ..data.labels import match_labels, read_labels
 
-    if not getattr(args, "labels", None):
+    if not args.labels:
         return [None] * len(datasets)
     try:
         entries = read_labels(args.labels)
@@ -321,10 +321,26 @@ def _read_labels(args, datasets) -> list:
     return out
 
 
-def _label_summary(labels) -> str:
-    if labels is None:
-        return "none"
-    return f"{sum(1 for x in labels if x == 'defective')} defective, {sum(1 for x in labels if x == 'good')} good"
+def _datasets_and_labels(args) -> tuple:
+    """The chosen categories and, per category, the labels of ``--labels``."""
+    datasets = _load_categories(args)
+    return datasets, _read_labels(args, datasets)
+
+
+def _label_counts(labels) -> dict:
+    """``{"defective": n, "good": m}`` of per-image labels, as ``MeDS.label_counts_``."""
+    from ..data.labels import LABELS
+
+    return {name: sum(1 for x in labels or [] if x == name) for name in LABELS}
+
+
+def _counts_text(counts: dict) -> str:
+    return f"{counts['defective']} defective, {counts['good']} good"
+
+
+def _say_fitting(data, labels) -> None:
+    given = f"; labels: {_counts_text(_label_counts(labels))}" if labels is not None else ""
+    _say(f"fitting {data.summary()}{given}")
 
 
 # -- commands --------------------------------------------------------------------------
@@ -336,8 +352,7 @@ def cmd_fit(args) -> int:
     kwargs = _model_kwargs(args)
     ray = _ray_settings(args)
     out = Path(args.out)
-    datasets = _load_categories(args)
-    labels = _read_labels(args, datasets)
+    datasets, labels = _datasets_and_labels(args)
     with folder_lock(out, "--out"):
         if ray is not None:
             from ..distributed.tasks import Job, fit_job, report_failures, run_jobs
@@ -353,7 +368,7 @@ def cmd_fit(args) -> int:
 def _fit_and_save(data, kwargs: dict, out: Path, labels=None, callback=None) -> None:
     """One category: fit (checkpointed in <out>/<category>/checkpoint), save, write scores."""
     target = out / data.name
-    _say(f"fitting {data.summary()}" + (f"; labels: {_label_summary(labels)}" if labels is not None else ""))
+    _say_fitting(data, labels)
     start = time.perf_counter()
     model = _fit_category(data, kwargs, checkpoint_dir=target / "checkpoint", labels=labels, callback=callback)
     model.save(target)
@@ -493,22 +508,16 @@ def _audit_category(data, args, kwargs: dict, target: Path, many: bool, labels=N
     model = _model_for(args, data, many, labels, kwargs, callback)
     settings = {"category": data.name, "training images": len(data.train), "backbone": model.backbone,
                 "banks": model.n_banks, "bank ratio": model.bank_ratio, "selection k": model.train_config.selection_k,
-                "labels used": f"{model.label_counts_['defective']} defective, {model.label_counts_['good']} good"}
+                "labels used": _counts_text(model.label_counts_)}
     written = write_audit(model, data, target, settings, labels=labels)
     flagged = int((~model.selected_).sum())
     _say(f"{data.name}: {flagged} of {len(data.train)} training images flagged as suspicious")
     _say(f"  report: {written.get('html', target / 'index.html')}")
 
 
-def _datasets_and_labels(args):
-    _model_kwargs(args)  # checks the model options before any data is read
-    datasets = _load_categories(args)
-    return datasets, _read_labels(args, datasets)
-
-
-def _model_for(args, data, many: bool, labels, kwargs: Optional[dict] = None, callback=None):
+def _model_for(args, data, many: bool, labels, kwargs: dict, callback=None):
     """The fitted model of one category: loaded from ``--model`` (a run folder if ``many``)
-    or fitted here with ``kwargs`` (default: the command line's model options)."""
+    or fitted here with ``kwargs``."""
     from ..method.model import MeDS
 
     if args.model:
@@ -521,23 +530,24 @@ def _model_for(args, data, many: bool, labels, kwargs: Optional[dict] = None, ca
         _check_same_training_files(model, data, args.model)
         # With --model, --labels only says which labels that fit used (for the report and
         # selection.csv); the counts must agree with what the model recorded.
-        given = {name: sum(1 for x in labels or [] if x == name) for name in ("defective", "good")}
+        given = _label_counts(labels)
         if given != model.label_counts_:
             raise UsageError(f"--model {args.model} was fitted with {model.label_counts_['defective']} defective and "
                              f"{model.label_counts_['good']} good labels for {data.name!r}, --labels gives "
                              f"{given['defective']} and {given['good']}; refit with 'meds fit --labels' or pass its labels")
         return model
-    _say(f"fitting {data.summary()}" + (f"; labels: {_label_summary(labels)}" if labels is not None else ""))
-    return _fit_category(data, kwargs or _model_kwargs(args), labels=labels, callback=callback)
+    _say_fitting(data, labels)
+    return _fit_category(data, kwargs, labels=labels, callback=callback)
 
 
 def cmd_clean(args) -> int:
     from .clean import write_clean
 
+    kwargs = _model_kwargs(args)
     out = Path(args.out)
     datasets, labels = _datasets_and_labels(args)
     for data, these in zip(datasets, labels):
-        model = _model_for(args, data, len(datasets) > 1, these)
+        model = _model_for(args, data, len(datasets) > 1, these, kwargs)
         written = write_clean(model, data, out, labels=these, copy=args.copy)
         _say(f"{data.name}: {written['kept']} trusted training images in {written['dir'] / 'train' / 'good'}, "
              f"{written['suspicious']} in suspicious/, {written['test']} test images")
