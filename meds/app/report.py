@@ -5,8 +5,9 @@
 person inspects first to clean their data: ``audit.csv``, overlay thumbnails under
 ``thumbs/``, the originals under ``originals/`` and a self-contained static ``index.html``
 (inline CSS and one inline script, no external URLs) where the person marks images
-defective or good and downloads the marks as ``labels.csv`` (:mod:`meds.app.review`). :func:`write_prediction_outputs` writes ``predictions.csv`` and one heat-map
-overlay PNG per image (used by ``meds predict``). Every file is written atomically.
+defective or good and downloads the marks as ``labels.csv`` (:mod:`meds.app.review`).
+:func:`write_prediction_outputs` writes ``predictions.csv`` and one heat-map overlay PNG per
+image (used by ``meds predict``). Every file is written atomically.
 """
 
 from __future__ import annotations
