@@ -34,6 +34,9 @@ import sys
 import time
 from pathlib import Path
 
+from meds.atomic_io import save_json
+
+
 def _rss_kib(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -154,7 +157,7 @@ def main(argv=None) -> int:
         print(f"| {row['final']} | {row['runtime']} | {row['batch1_img_s']} | {row['batch16_img_s']} | {ratio} | "
               f"{row['peak_rss_mib']} MiB | {row['inference_growth_mib']} MiB |")
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+        save_json(rows, args.json)
     return 0
 
 

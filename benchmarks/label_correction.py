@@ -31,6 +31,7 @@ import torch
 from meds.atomic_io import load_json, save_json
 from meds.data import contaminate, generate_synthetic, load_dataset
 from meds.data.synthetic import SYNTHETIC_CATEGORIES
+from meds.evaluation.experiment import share_features
 from meds.evaluation.metrics import image_auroc
 from meds.method.baselines import NearestNeighbourDetector
 from meds.method.model import MeDS
@@ -75,9 +76,7 @@ def run_split(data, noise: float, seed: int, plan: dict, verbose: bool, on_row=N
     tests = {p: ([position[q] for q in s.test_paths()], s.test_labels()) for p, s in splits.items()}
 
     def fitted(detector):
-        detector._extractor = shared.extractor
-        detector.grid_, detector.group_dims_ = shared.grid_, shared.group_dims_
-        return detector
+        return share_features(detector, shared)
 
     ranking = None
     rows = []

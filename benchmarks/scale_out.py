@@ -24,13 +24,14 @@ This machine's CPUs are shared: read the ratios, not the seconds.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+from meds.atomic_io import save_json
 
 REAL_IAD = {"images": 150_000, "categories": 30, "patches": 784, "dim": 768}
 #: group_min_distance on an NVIDIA H200, from benchmarks/RESULTS.md (bash benchmarks/device_check.sh).
@@ -143,8 +144,8 @@ def main(argv=None) -> None:
     for r in model:
         print(f"| {r['rate']} | {r['workers']} | {r['hours_sharded']:.3g} | {r['hours_by_category']:.3g} |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"ray_init_s": init_s, "cores": cores, "settings": vars(args),
-                                               "rows": rows, "cost_model": model}, indent=1))
+        save_json({"ray_init_s": init_s, "cores": cores, "settings": vars(args), "rows": rows, "cost_model": model},
+                  args.json)
 
 
 if __name__ == "__main__":

@@ -16,13 +16,15 @@ and temporary files of interrupted writes are removed by the next commit (or by
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import os
 import re
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Sequence
 
 if TYPE_CHECKING:  # torch is imported where tensors are written, so viz/report stay light
     import torch
@@ -55,11 +57,16 @@ def kill_point(point: str) -> None:
         os._exit(KILL_EXIT_CODE)
 
 
-def _file_mode() -> int:
-    """The mode a plain ``open()`` would give a new file (mkstemp makes them 0600)."""
+def current_umask() -> int:
+    """The process umask (reading it means setting it: it is put straight back)."""
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
+
+
+def _file_mode() -> int:
+    """The mode a plain ``open()`` would give a new file (mkstemp makes them 0600)."""
+    return 0o666 & ~current_umask()
 
 
 def _fsync_file(path: str) -> None:
@@ -114,6 +121,15 @@ def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> Path:
 def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
     """Write UTF-8 ``text`` to ``path`` atomically."""
     return atomic_write_bytes(text.encode("utf-8"), path)
+
+
+def atomic_write_csv(header: Sequence[str], rows: Iterable[Sequence[Any]], path: str | os.PathLike) -> Path:
+    """Write a CSV (``header``, then ``rows``; ``\n`` line ends) to ``path`` atomically."""
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return atomic_write_text(buffer.getvalue(), path)
 
 
 def _json_text(obj: Any) -> str:

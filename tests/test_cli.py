@@ -112,21 +112,21 @@ def test_demo_runs_on_a_reduced_dataset(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "args,message",
+    "args,message,code",
     [
-        (["fit", "/no/such/folder", "--out", "x"], "not found"),
-        (["predict", "/no/such/run", "img.png", "--out", "x"], "not found"),
-        (["eval", "DATA", "--methods", "magic"], "unknown method"),
-        (["fit", "DATA", "--category", "unicorn", "--out", "x"], "unknown category"),
-        (["fit", "EMPTY", "--out", "x"], "cannot tell the layout"),
-        (["fit", "DATA", "--out", "x", "--bank-ratio", "2"], "--bank-ratio"),
+        (["fit", "/no/such/folder", "--out", "x"], "not found", 1),
+        (["predict", "/no/such/run", "img.png", "--out", "x"], "not found", 1),
+        (["eval", "DATA", "--methods", "magic"], "unknown method", 2),
+        (["fit", "DATA", "--category", "unicorn", "--out", "x"], "unknown category", 1),
+        (["fit", "EMPTY", "--out", "x"], "cannot tell the layout", 1),
+        (["fit", "DATA", "--out", "x", "--bank-ratio", "2"], "--bank-ratio", 2),
     ],
 )
-def test_errors_print_one_line_and_exit_non_zero(dataset, tmp_path, args, message):
+def test_errors_print_one_line_and_exit_non_zero(dataset, tmp_path, args, message, code):
     (tmp_path / "empty").mkdir()
     args = [str(dataset) if a == "DATA" else str(tmp_path / "empty") if a == "EMPTY" else a for a in args]
     result = meds_cli(*args, "--quiet", check=False)
-    assert result.returncode != 0
+    assert result.returncode == code
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -147,3 +147,25 @@ def test_bench_prints_the_throughput_table(tmp_path):
 def test_bad_option_is_a_usage_error():
     result = meds_cli("eval", "x", "--noise", "a,b", check=False)
     assert result.returncode == 2 and "expected comma-separated numbers" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["fit", "NOWHERE", "--out", "x", "--worker-cpus", "0"], "--worker-cpus must be > 0"),
+        (["fit", "NOWHERE", "--out", "x", "--steps", "-1"], "--steps must be >= 0"),
+        (["predict", "m.onnx", "img.png", "--out", "x", "--workers", "0"], "--workers must be >= 1"),
+        (["predict", "m.onnx", "img.png", "--out", "x", "--category", "c"], "--category chooses a model"),
+        (["export", "NOWHERE", "--format", "onnx", "--out", "x.onnx", "--half"], "--half needs --format openvino"),
+        (["export", "NOWHERE", "--format", "onnx", "--out", "x.onnx", "--input-size", "64"], "--input-size"),
+        (["eval", "NOWHERE", "--protocols", "both"], "--protocols"),
+    ],
+)
+def test_a_bad_option_value_exits_2_before_any_file_is_read(tmp_path, capsys, args, message):
+    """Option values checked without reading a file are usage errors, as argparse's own."""
+    from meds.app.cli import main
+
+    nowhere = tmp_path / "nowhere"  # never read: the option is refused first
+    code = main([str(nowhere) if a == "NOWHERE" else a for a in args] + ["--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0], err

@@ -14,7 +14,6 @@ import pytest
 import meds
 from meds.app.cli import main as meds_main
 from meds.data import generate_synthetic, load_dataset
-from meds.data.images import decode_image
 from meds.deploy import Detector
 from meds.method.baselines import NearestNeighbourDetector
 from meds.method.model import FINAL_DETECTORS
@@ -40,15 +39,8 @@ def run_without_torch(code: str, cwd: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine more threads only contend (10x slower)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# One torch thread: on a shared 2-core machine more threads only contend (10x slower).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -24,20 +24,14 @@ CATEGORIES = ["wood", "tile"]
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Ray gives each worker OMP_NUM_THREADS = its CPUs (1 here). torch's reductions split
-    by thread count, so the local reference runs with the same single thread: then the
-    results agree bit for bit (with other counts, within float32 round-off)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module", autouse=True)
 def cluster(one_thread, tmp_path_factory):
+    # one_thread (conftest): Ray gives each worker OMP_NUM_THREADS = its CPUs (1 here).
+    # torch's reductions split by thread count, so the local reference runs with the same
+    # single thread: then the results agree bit for bit (with other counts, within float32
+    # round-off).
+
     # The raylet waits this long for its agents to start; on a loaded CI runner the
-    # default (seconds) is not always enough.
+    # default (30 s on Linux) is not always enough.
     os.environ.setdefault("RAY_agent_register_timeout_ms", "120000")
     # Workers put their start directory first on sys.path: start them outside the source
     # tree, so they import the installed meds (with its compiled _C), as the driver does.

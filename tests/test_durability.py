@@ -355,6 +355,9 @@ CORRUPTIONS = [
     ("NaN weights", _rewrite_weights(_nan_weights), "model.", "holds NaN or Inf"),
     ("Inf in the memory bank", _rewrite_weights(lambda t: t["memory_bank"].__setitem__((0, 0), float("inf"))), "model.", "tensor 'memory_bank' holds NaN or Inf"),
     ("newer meds", _edit_config(lambda c: c.__setitem__("meds_version", "99.0.0")), "99.0.0", f"newer than this meds {meds.__version__}"),
+    ("labels null", _edit_config(lambda c: c["fitted"].__setitem__("labels", None)), "config.json", "'fitted.labels' must be"),
+    ("image size of three", _edit_config(lambda c: c["fitted"].__setitem__("image_size", [64, 64, 3])), "config.json",
+     "'fitted.image_size' must be a list of 2 positive integers"),
 ]
 
 
@@ -374,6 +377,16 @@ def test_a_corrupted_folder_gives_one_line_naming_the_file_and_key(corrupted):
     text = str(info.value)
     assert "\n" not in text and message in text and where in text, text
     assert str(folder) in text
+
+
+def test_a_folder_from_before_image_size_and_labels_loads(saved, tmp_path):
+    """Older versions wrote neither key: such a folder loads as a fit without labels."""
+    folder = tmp_path / "model"
+    shutil.copytree(saved["A"][1], folder)
+    _edit_config(lambda c: (c["fitted"].pop("image_size"), c["fitted"].pop("labels")))(folder)
+    model = meds.MeDS.load(folder, device="cpu", verbose=False)
+    assert model.label_counts_ == {"defective": 0, "good": 0}
+    assert model.train_image_size_ is None
 
 
 def test_the_cli_prints_a_corrupted_folder_as_one_line(corrupted, image, tmp_path, capsys):

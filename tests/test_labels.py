@@ -84,7 +84,7 @@ class _Spy:
         real_forward, real_distances = ReconstructionNetwork.forward, ReconstructionNetwork.patch_distances
 
         def ensemble(queries, memory, groups, banks, **kwargs):
-            if not torch.as_tensor(banks).dtype == torch.bool:  # (B, m) ids: stage 1's memories
+            if torch.as_tensor(banks).dtype != torch.bool:  # (B, m) ids: stage 1's memories
                 self.banks.append(torch.as_tensor(banks).clone())
             return real_ensemble(queries, memory, groups, banks, **kwargs)
 

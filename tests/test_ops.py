@@ -388,6 +388,25 @@ def test_ensemble_chunking_is_exact():
         np.testing.assert_array_equal(ops.ensemble_distance(q, m, groups, banks, reduce="none", chunk_size=chunk), full)
 
 
+@pytest.mark.parametrize("reduce", ["mean", "none"])
+def test_reduce_banks_of_group_minima_is_ensemble_distance(reduce):
+    """The driver of memory-sharded stage 1 reduces concatenated group minima with it."""
+    rng, q, m, groups = _data(17, G=12)
+    banks = ops.sample_banks(12, n_banks=9, ratio=0.25, seed=4)
+    banks[0] = [2, 2, 2]  # repeats
+    mask = np.zeros((2, 12), bool)
+    mask[1, 3] = True  # row 0 empty: NaN
+    qg = rng.integers(0, 12, q.shape[0])
+    for bank_arg, kwargs in ((banks, {}), (mask, {}), (banks, dict(query_groups=qg, exclude_self=True))):
+        expected = ops.ensemble_distance(q, m, groups, bank_arg, reduce=reduce, n_groups=12, **kwargs)
+        nearest = ops.group_min_distance(q, m, groups, 12, **kwargs)
+        np.testing.assert_array_equal(ops.reduce_banks(nearest, bank_arg, reduce=reduce), expected)
+    out = ops.reduce_banks(torch.from_numpy(nearest), torch.from_numpy(banks))
+    assert isinstance(out, torch.Tensor) and out.shape == (q.shape[0],)
+    with pytest.raises(ValueError, match="at least one group column"):
+        ops.reduce_banks(np.zeros((3, 0), np.float32), banks)
+
+
 def test_ensemble_banks_beyond_groups_max():
     # A bank id with no memory rows (an image without rows) is a NaN group, not an error.
     rng, q, m, groups = _data(16, G=4)

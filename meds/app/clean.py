@@ -20,11 +20,9 @@ an interrupted run are removed by the next one, which holds the folder's lock.
 
 from __future__ import annotations
 
-import csv
 import ctypes
 import ctypes.util
 import errno
-import io
 import os
 import shutil
 import tempfile
@@ -33,7 +31,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..atomic_io import atomic_write_text
+from ..atomic_io import atomic_write_csv, current_umask
 from ..data import CategoryData
 from ..data.labels import label_keys
 from ..locking import folder_lock
@@ -89,14 +87,6 @@ def _remove_leftovers(parent: Path, name: str) -> None:
             shutil.rmtree(path)
 
 
-def _selection_csv(rows: Sequence[Sequence]) -> str:
-    buffer = io.StringIO(newline="")
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["file", "score", "rank", "kept", "label_source", "written_as"])
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
 def write_clean(model, data: CategoryData, out: Path, *, labels: Optional[Sequence[Optional[str]]] = None,
                 copy: bool = False) -> dict:
     """Write the cleaned category ``data`` (fitted ``model``) into ``out/<data.name>``.
@@ -146,8 +136,9 @@ def write_clean(model, data: CategoryData, out: Path, *, labels: Optional[Sequen
                            copy)
             for folder in ("train/good", "suspicious"):  # both exist even when empty
                 (built / folder).mkdir(parents=True, exist_ok=True)
-            atomic_write_text(_selection_csv(rows), built / "selection.csv")
-            os.chmod(built, 0o777 & ~_umask())
+            atomic_write_csv(["file", "score", "rank", "kept", "label_source", "written_as"], rows,
+                             built / "selection.csv")
+            os.chmod(built, 0o777 & ~current_umask())  # mkdtemp makes it 0700
             replace_folder(built, out / data.name)
         except BaseException:
             shutil.rmtree(built, ignore_errors=True)
@@ -164,9 +155,3 @@ def _test_names(data: CategoryData) -> list[str]:
         for i, key in zip(which, label_keys([data.test[i].path for i in which])):
             names[i] = key.replace("/", "__")
     return names
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

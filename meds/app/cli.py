@@ -10,8 +10,18 @@
     meds bench                                    kernel throughput table
 
 ``fit``, ``audit``, ``eval`` and ``predict`` take ``--ray [ADDRESS]`` to run on Ray
-(:mod:`meds.distributed`). Errors print one line and exit non-zero; ``--debug`` shows the
-traceback.
+(:mod:`meds.distributed`). Errors print one line; ``--debug`` shows the traceback.
+
+Exit status: 0 done; 130 interrupted;
+
+* 2 (:class:`UsageError`) - the arguments are wrong: argparse's own errors, and every check
+  of an option's value, alone or with the other options, that needs no file (a value out
+  of range, options that do not go together); also a ``--labels`` file that cannot be used
+  (unreadable, malformed, naming no or several training images, or disagreeing with the
+  ``--model``'s fit), as the README states;
+* 1 (:class:`CLIError` and the other errors) - what the command found while doing its work:
+  a data or model folder that is missing, empty, corrupt or does not fit the data, an
+  unknown category, a held lock, a missing optional package, a failed Ray task.
 """
 
 from __future__ import annotations
@@ -32,7 +42,7 @@ class CLIError(Exception):
 
 
 class UsageError(CLIError):
-    """A bad argument value (exit code 2, like argparse's own errors)."""
+    """Wrong arguments (exit code 2, like argparse's own errors; see the module doc)."""
 
 
 # -- argument helpers ------------------------------------------------------------------
@@ -108,9 +118,9 @@ def _add_ray_options(p: argparse.ArgumentParser, pool: bool = False) -> None:
 def _ray_settings(args) -> Optional[dict]:
     """``None`` for a local run, else the address and resources of the Ray tasks."""
     if args.worker_cpus <= 0:
-        raise CLIError(f"--worker-cpus must be > 0, got {args.worker_cpus}")
+        raise UsageError(f"--worker-cpus must be > 0, got {args.worker_cpus}")
     if args.worker_gpus < 0:
-        raise CLIError(f"--worker-gpus must be >= 0, got {args.worker_gpus}")
+        raise UsageError(f"--worker-gpus must be >= 0, got {args.worker_gpus}")
     if args.ray is None:
         return None
     from ..distributed import require_ray
@@ -219,11 +229,11 @@ def _model_kwargs(args) -> dict:
     from ..method.train import TrainConfig
 
     if not 0.0 < args.bank_ratio <= 1.0:
-        raise CLIError(f"--bank-ratio must be in (0, 1], got {args.bank_ratio}")
+        raise UsageError(f"--bank-ratio must be in (0, 1], got {args.bank_ratio}")
     if not 0.0 < args.coreset_ratio <= 1.0:
-        raise CLIError(f"--coreset-ratio must be in (0, 1], got {args.coreset_ratio}")
+        raise UsageError(f"--coreset-ratio must be in (0, 1], got {args.coreset_ratio}")
     if args.steps is not None and args.steps < 0:
-        raise CLIError(f"--steps must be >= 0, got {args.steps}")
+        raise UsageError(f"--steps must be >= 0, got {args.steps}")
     train = TrainConfig(distill_steps=args.steps, finetune_steps=args.steps, selection_k=args.selection_k)
     kwargs = dict(
         backbone=args.backbone, weights=None if args.weights == "none" else args.weights,
@@ -296,7 +306,7 @@ def _read_labels(args, datasets) -> list:
     """
     from ..data.labels import match_labels, read_labels
 
-    if not getattr(args, "labels", None):
+    if not args.labels:
         return [None] * len(datasets)
     try:
         entries = read_labels(args.labels)
@@ -311,10 +321,26 @@ def _read_labels(args, datasets) -> list:
     return out
 
 
-def _label_summary(labels) -> str:
-    if labels is None:
-        return "none"
-    return f"{sum(1 for x in labels if x == 'defective')} defective, {sum(1 for x in labels if x == 'good')} good"
+def _datasets_and_labels(args) -> tuple:
+    """The chosen categories and, per category, the labels of ``--labels``."""
+    datasets = _load_categories(args)
+    return datasets, _read_labels(args, datasets)
+
+
+def _label_counts(labels) -> dict:
+    """``{"defective": n, "good": m}`` of per-image labels, as ``MeDS.label_counts_``."""
+    from ..data.labels import LABELS
+
+    return {name: sum(1 for x in labels or [] if x == name) for name in LABELS}
+
+
+def _counts_text(counts: dict) -> str:
+    return f"{counts['defective']} defective, {counts['good']} good"
+
+
+def _say_fitting(data, labels) -> None:
+    given = f"; labels: {_counts_text(_label_counts(labels))}" if labels is not None else ""
+    _say(f"fitting {data.summary()}{given}")
 
 
 # -- commands --------------------------------------------------------------------------
@@ -326,8 +352,7 @@ def cmd_fit(args) -> int:
     kwargs = _model_kwargs(args)
     ray = _ray_settings(args)
     out = Path(args.out)
-    datasets = _load_categories(args)
-    labels = _read_labels(args, datasets)
+    datasets, labels = _datasets_and_labels(args)
     with folder_lock(out, "--out"):
         if ray is not None:
             from ..distributed.tasks import Job, fit_job, report_failures, run_jobs
@@ -343,7 +368,7 @@ def cmd_fit(args) -> int:
 def _fit_and_save(data, kwargs: dict, out: Path, labels=None, callback=None) -> None:
     """One category: fit (checkpointed in <out>/<category>/checkpoint), save, write scores."""
     target = out / data.name
-    _say(f"fitting {data.summary()}" + (f"; labels: {_label_summary(labels)}" if labels is not None else ""))
+    _say_fitting(data, labels)
     start = time.perf_counter()
     model = _fit_category(data, kwargs, checkpoint_dir=target / "checkpoint", labels=labels, callback=callback)
     model.save(target)
@@ -395,14 +420,14 @@ def cmd_predict(args) -> int:
 
     ray = _ray_settings(args)
     if args.workers is not None and args.workers < 1:
-        raise CLIError(f"--workers must be >= 1, got {args.workers}")
+        raise UsageError(f"--workers must be >= 1, got {args.workers}")
     if _is_exported(args.run):
         from ..deploy import Detector
 
         if args.category:
-            raise CLIError(f"--category chooses a model inside a run folder; {args.run} is one exported model")
+            raise UsageError(f"--category chooses a model inside a run folder; {args.run} is one exported model")
         if ray is not None:
-            raise CLIError(f"--ray scores with a model folder; {args.run} is an exported model")
+            raise UsageError(f"--ray scores with a model folder; {args.run} is an exported model")
         try:
             model = Detector(args.run)
         except ImportError as error:
@@ -434,9 +459,9 @@ def cmd_export(args) -> int:
     from ..method.model import MeDS
 
     if args.half and args.format != "openvino":
-        raise CLIError("--half needs --format openvino (ONNX is exported in FP32)")
+        raise UsageError("--half needs --format openvino (ONNX is exported in FP32)")
     if args.input_size is not None and (len(args.input_size) != 2 or min(args.input_size) < 1):
-        raise CLIError(f"--input-size: expected H,W (two positive integers), got {args.input_size}")
+        raise UsageError(f"--input-size: expected H,W (two positive integers), got {args.input_size}")
     model = MeDS.load(_resolve_model_dir(args.run, args.category), device="cpu", verbose=not args.quiet)
     try:
         written = model.export(args.out, args.format, half=args.half, input_size=args.input_size)
@@ -483,22 +508,16 @@ def _audit_category(data, args, kwargs: dict, target: Path, many: bool, labels=N
     model = _model_for(args, data, many, labels, kwargs, callback)
     settings = {"category": data.name, "training images": len(data.train), "backbone": model.backbone,
                 "banks": model.n_banks, "bank ratio": model.bank_ratio, "selection k": model.train_config.selection_k,
-                "labels used": f"{model.label_counts_['defective']} defective, {model.label_counts_['good']} good"}
+                "labels used": _counts_text(model.label_counts_)}
     written = write_audit(model, data, target, settings, labels=labels)
     flagged = int((~model.selected_).sum())
     _say(f"{data.name}: {flagged} of {len(data.train)} training images flagged as suspicious")
     _say(f"  report: {written.get('html', target / 'index.html')}")
 
 
-def _datasets_and_labels(args):
-    _model_kwargs(args)  # checks the model options before any data is read
-    datasets = _load_categories(args)
-    return datasets, _read_labels(args, datasets)
-
-
-def _model_for(args, data, many: bool, labels, kwargs: Optional[dict] = None, callback=None):
+def _model_for(args, data, many: bool, labels, kwargs: dict, callback=None):
     """The fitted model of one category: loaded from ``--model`` (a run folder if ``many``)
-    or fitted here with ``kwargs`` (default: the command line's model options)."""
+    or fitted here with ``kwargs``."""
     from ..method.model import MeDS
 
     if args.model:
@@ -511,23 +530,24 @@ def _model_for(args, data, many: bool, labels, kwargs: Optional[dict] = None, ca
         _check_same_training_files(model, data, args.model)
         # With --model, --labels only says which labels that fit used (for the report and
         # selection.csv); the counts must agree with what the model recorded.
-        given = {name: sum(1 for x in labels or [] if x == name) for name in ("defective", "good")}
+        given = _label_counts(labels)
         if given != model.label_counts_:
             raise UsageError(f"--model {args.model} was fitted with {model.label_counts_['defective']} defective and "
                              f"{model.label_counts_['good']} good labels for {data.name!r}, --labels gives "
                              f"{given['defective']} and {given['good']}; refit with 'meds fit --labels' or pass its labels")
         return model
-    _say(f"fitting {data.summary()}" + (f"; labels: {_label_summary(labels)}" if labels is not None else ""))
-    return _fit_category(data, kwargs or _model_kwargs(args), labels=labels, callback=callback)
+    _say_fitting(data, labels)
+    return _fit_category(data, kwargs, labels=labels, callback=callback)
 
 
 def cmd_clean(args) -> int:
     from .clean import write_clean
 
+    kwargs = _model_kwargs(args)
     out = Path(args.out)
     datasets, labels = _datasets_and_labels(args)
     for data, these in zip(datasets, labels):
-        model = _model_for(args, data, len(datasets) > 1, these)
+        model = _model_for(args, data, len(datasets) > 1, these, kwargs)
         written = write_clean(model, data, out, labels=these, copy=args.copy)
         _say(f"{data.name}: {written['kept']} trusted training images in {written['dir'] / 'train' / 'good'}, "
              f"{written['suspicious']} in suspicious/, {written['test']} test images")
@@ -541,7 +561,7 @@ def cmd_eval(args) -> int:
     methods = list(METHODS) if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
-        raise CLIError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)} or 'all'")
+        raise UsageError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)} or 'all'")
     kwargs = _model_kwargs(args)
     model_kwargs = {k: kwargs.pop(k) for k in ("backbone", "weights", "device") if k in kwargs}
     if "image_size" in kwargs:
@@ -550,7 +570,7 @@ def cmd_eval(args) -> int:
     protocols = ["overlap"] if args.overlap else [p.strip() for p in args.protocols.split(",") if p.strip()]
     bad = [p for p in protocols if p not in PROTOCOLS]
     if bad or not protocols:
-        raise CLIError(f"--protocols: expected no-overlap and/or overlap, got {args.protocols!r}")
+        raise UsageError(f"--protocols: expected no-overlap and/or overlap, got {args.protocols!r}")
     config = ExperimentConfig(noise_ratios=args.noise, seeds=args.seeds, methods=methods, protocols=protocols,
                               model_kwargs={**model_kwargs, "verbose": False}, meds_kwargs=kwargs)
     ray = _ray_settings(args)

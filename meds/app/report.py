@@ -5,18 +5,17 @@
 person inspects first to clean their data: ``audit.csv``, overlay thumbnails under
 ``thumbs/``, the originals under ``originals/`` and a self-contained static ``index.html``
 (inline CSS and one inline script, no external URLs) where the person marks images
-defective or good and downloads the marks as ``labels.csv`` (:mod:`meds.app.review`). :func:`write_prediction_outputs` writes ``predictions.csv`` and one heat-map
-overlay PNG per image (used by ``meds predict``). Every file is written atomically.
+defective or good and downloads the marks as ``labels.csv`` (:mod:`meds.app.review`).
+:func:`write_prediction_outputs` writes ``predictions.csv`` and one heat-map overlay PNG per
+image (used by ``meds predict``). Every file is written atomically.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import datetime
 import hashlib
 import html
-import io
 import json
 import math
 import os
@@ -27,10 +26,11 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 import numpy as np
 from PIL import Image
 
+from ..atomic_io import atomic_write_csv, atomic_write_text
 from ..data import CategoryData, read_image
 from ..data.labels import label_keys
 from .review import REVIEW_CSS, REVIEW_JS
-from .viz import atomic_write_bytes, colormap, overlay, save_png, thumbnail
+from .viz import colormap, overlay, save_png, thumbnail
 
 __all__ = ["AuditEntry", "write_audit", "write_audit_report", "write_prediction_outputs", "sanitize_name"]
 
@@ -93,18 +93,6 @@ def _plural(count: int, noun: str) -> str:
 
 def _csv_float(value: float) -> str:
     return repr(float(value))
-
-
-def _write_text(text: str, path: Path) -> Path:
-    return atomic_write_bytes(text.encode("utf-8"), path)
-
-
-def _write_csv(header: Sequence[str], rows: Iterable[Sequence[Any]], path: Path) -> Path:
-    buf = io.StringIO(newline="")
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return _write_text(buf.getvalue(), path)
 
 
 def _progress(iterable, total: int, desc: str, enabled: bool):
@@ -263,7 +251,7 @@ def write_audit_report(
         if has_label:
             row.append("" if e.label is None else int(e.label))
         csv_rows.append(row)
-    csv_path = _write_csv(header, csv_rows, out / "audit.csv")
+    csv_path = atomic_write_csv(header, csv_rows, out / "audit.csv")
 
     # thumbs/NNNN.png
     thumb_paths: list[Path] = []
@@ -297,6 +285,7 @@ def write_audit_report(
     # index.html
     n = len(rows)
     n_flagged = sum(1 for e in rows if not e.selected)
+    keys = label_keys([e.path for e in rows])  # the names labels.csv gets; also the page's storage id
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -304,7 +293,7 @@ def write_audit_report(
         f"<title>{_esc(title)}</title>",
         f"<style>{_CSS}{REVIEW_CSS}</style>",
         "</head>",
-        f'<body data-report="{_report_id(title, label_keys([e.path for e in rows]))}">',
+        f'<body data-report="{_report_id(title, keys)}">',
         f"<h1>{_esc(title)}</h1>",
         '<section class="summary">',
         f"<p><strong>{n}</strong> training images; <strong>{n_flagged}</strong> flagged as suspicious "
@@ -339,7 +328,6 @@ def write_audit_report(
                  '<button id="download">download labels.csv</button><button id="clear">clear marks</button>'
                  '<span class="keys">keys: j/k or arrows step through the ranking, d defective, g good, u unset '
                  '(then the next image), Esc closes the preview</span></div>')
-    keys = label_keys([e.path for e in rows])
     cut_text = ("&#9650; flagged as suspicious above &middot; selection cut"
                 + (f" (&eta; = {_esc(_fmt(cut))})" if cut is not None else "")
                 + " &middot; trusted below &#9660;")
@@ -358,7 +346,7 @@ def write_audit_report(
     parts.append(f'<p class="muted">Written by meds on {_esc(stamp)}.</p>')
     parts.append(f"<script>{REVIEW_JS}</script>")
     parts.append("</body></html>\n")
-    html_path = _write_text("\n".join(parts), out / "index.html")
+    html_path = atomic_write_text("\n".join(parts), out / "index.html")
     return {"dir": out, "html": html_path, "csv": csv_path, "thumbs": thumb_paths, "originals": original_paths}
 
 
@@ -465,7 +453,7 @@ def write_prediction_outputs(
     for i in range(n):
         label = "" if labels is None or labels[i] is None else int(bool(labels[i]))
         rows.append([str(paths[i]), _csv_float(scores[i]), label])
-    csv_path = _write_csv(["path", "score", "label"], rows, out / "predictions.csv")
+    csv_path = atomic_write_csv(["path", "score", "label"], rows, out / "predictions.csv")
 
     heatmaps: list[Optional[Path]] = [None] * n
     if maps is not None:

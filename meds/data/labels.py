@@ -22,8 +22,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-__all__ = ["LABELS", "DEFECTIVE", "GOOD", "UNSET", "label_codes", "label_keys", "read_labels", "match_labels",
-           "labels_csv"]
+__all__ = ["LABELS", "DEFECTIVE", "GOOD", "UNSET", "label_codes", "label_keys", "read_labels", "match_labels"]
 
 LABELS = ("defective", "good")
 DEFECTIVE, GOOD, UNSET = 1, 0, -1
@@ -123,12 +122,3 @@ def match_labels(entries: Sequence[tuple[str, str]], paths: Sequence[Union[str, 
             raise ValueError(f"{source}: training image {paths[hits[0]]} is labelled both {labels[hits[0]]} and {label}")
         labels[hits[0]] = label
     return labels
-
-
-def labels_csv(rows: Sequence[tuple[str, str]]) -> str:
-    """The text of a labels CSV (``filename,label``)."""
-    buffer = io.StringIO(newline="")
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["filename", "label"])
-    writer.writerows(rows)
-    return buffer.getvalue()

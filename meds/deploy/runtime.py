@@ -8,7 +8,6 @@ the same :class:`~meds.method.prediction.Prediction`.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 from pathlib import Path
@@ -18,19 +17,9 @@ import numpy as np
 
 from ..data.images import decode_image
 from ..method.prediction import Prediction
-from ..method.export_interface import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, REQUIRED_FIELDS
+from ..method.export_interface import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, REQUIRED_FIELDS, require_package
 
 BACKENDS = ("onnxruntime", "openvino")
-
-
-def _require(package: str, who: str):
-    try:
-        return importlib.import_module(package)
-    except ImportError:
-        raise ModuleNotFoundError(
-            f"{who}: running this model needs the {package!r} package, which is not installed; "
-            "install it with: pip install 'meds[deploy]'"
-        ) from None
 
 
 def _parse_metadata(text: Optional[str], path: Path, who: str) -> dict:
@@ -48,7 +37,7 @@ def _parse_metadata(text: Optional[str], path: Path, who: str) -> dict:
 
 class _OnnxRuntime:
     def __init__(self, path: Path, threads: Optional[int], who: str):
-        ort = _require("onnxruntime", who)
+        ort = require_package("onnxruntime", who, "running this model")
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = int(threads)
@@ -63,7 +52,7 @@ class _OnnxRuntime:
 
 class _OpenVINO:
     def __init__(self, path: Path, threads: Optional[int], precision: str, who: str):
-        ov = _require("openvino", who)
+        ov = require_package("openvino", who, "running this model")
         core = ov.Core()
         model = core.read_model(str(path))
         self.metadata_text = None

@@ -184,7 +184,10 @@ def sharded_memory_scores(
         run = _by_queries if shard == "queries" else _by_memory
         scores = run(pool, host, plan, progress)
     finally:
-        pool.close() if owned else pool.release()
+        if owned:
+            pool.close()
+        else:
+            pool.release()
     return torch.from_numpy(scores).to(features.device)
 
 

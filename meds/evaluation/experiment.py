@@ -126,6 +126,14 @@ def _training_metrics(scores: Optional[np.ndarray], is_noise: np.ndarray) -> dic
     }
 
 
+def share_features(detector, shared: MeDS):
+    """``detector`` set up to take ``shared``'s features as its own (same encoder, grid and
+    feature groups), so ``fit_features`` / ``predict_features`` need no second feature pass."""
+    detector._extractor = shared.extractor
+    detector.grid_, detector.group_dims_ = shared.grid_, shared.group_dims_
+    return detector
+
+
 def _fit_methods(
     methods: Sequence[str],
     train_features: torch.Tensor,
@@ -138,9 +146,7 @@ def _fit_methods(
     meds_kwargs = {**kwargs, **config.meds_kwargs, "seed": seed}
 
     def prepared(detector):
-        detector._extractor = shared.extractor
-        detector.grid_, detector.group_dims_ = shared.grid_, shared.group_dims_
-        return detector
+        return share_features(detector, shared)
 
     def timed(fit: Callable[[], object]):
         start = time.perf_counter()

@@ -400,6 +400,12 @@ def _bank_min(gm: torch.Tensor, ids: torch.Tensor, budget: int) -> torch.Tensor:
     return out.masked_fill_(torch.isinf(out), float("nan"))
 
 
+def _reduce_group_min(gm: torch.Tensor, ids: torch.Tensor, reduce: str) -> torch.Tensor:
+    """The bank reduction of (c, G) group minima: (c,) for ``"mean"``, (c, B) for ``"none"``."""
+    per_bank = _bank_min(gm, ids, _DEFAULT_BUDGET // 2)
+    return _nanmean_rows(per_bank) if reduce == "mean" else per_bank
+
+
 def _nanmean_rows(x: torch.Tensor) -> torch.Tensor:
     """Mean of the non-NaN entries of every row; NaN where a row has none (no warnings)."""
     valid = ~torch.isnan(x)
@@ -463,10 +469,7 @@ def ensemble_distance(queries, memory, groups, banks, *, metric="cosine", query_
     out = torch.empty((nq,) if reduce == "mean" else (nq, n_banks), dtype=torch.float32, device=kind.device)
     for start in range(0, nq, chunk_size):
         stop = min(nq, start + chunk_size)
-        gm = prob.run(start, stop)
-        per_bank = _bank_min(gm, ids, _DEFAULT_BUDGET // 2)
-        del gm
-        out[start:stop] = _nanmean_rows(per_bank) if reduce == "mean" else per_bank
+        out[start:stop] = _reduce_group_min(prob.run(start, stop), ids, reduce)
     return kind.result(out)
 
 
@@ -497,8 +500,7 @@ def reduce_banks(group_min, banks, *, reduce="mean"):
     if g == 0:
         raise ValueError(f"{fn}: argument 'group_min' must have at least one group column, got shape {tuple(gm.shape)}")
     ids, _, _ = _prepare_banks(banks, kind, fn, g)
-    per_bank = _bank_min(gm, ids, _DEFAULT_BUDGET // 2)
-    return kind.result(_nanmean_rows(per_bank) if reduce == "mean" else per_bank)
+    return kind.result(_reduce_group_min(gm, ids, reduce))
 
 
 def bank_size(n_groups: int, ratio: float) -> int:

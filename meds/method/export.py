@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import __version__
-from .export_interface import GRAPH_FORMAT, INPUT_NAME, METADATA_KEY, OUTPUT_NAMES
+from .export_interface import GRAPH_FORMAT, INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, require_package
 from .scoring import anomaly_maps
 
 #: Formats :func:`export_model` writes.
@@ -258,18 +258,6 @@ class DecisionGraph(nn.Module):
         return score, maps, label
 
 
-def _require(package: str, fmt: str, who: str):
-    import importlib
-
-    try:
-        return importlib.import_module(package)
-    except ImportError:
-        raise ModuleNotFoundError(
-            f"{who}: format={fmt!r} needs the {package!r} package, which is not installed; "
-            "install it with: pip install 'meds[deploy]'"
-        ) from None
-
-
 def graph_metadata(model, graph: DecisionGraph, half: bool = False) -> dict:
     """What a reader of the exported file needs (and a person inspecting it wants to know)."""
     extractor = model.extractor
@@ -326,8 +314,8 @@ def export_model(model, path: Union[str, os.PathLike], format: str = "onnx", *, 
     input_size = tuple(int(v) for v in input_size)
     if len(input_size) != 2 or min(input_size) < 1:
         raise ValueError(f"{who}: input_size must be a positive (H, W), got {input_size}")
-    onnx = _require("onnx", format, who)
-    ov = _require("openvino", format, who) if format == "openvino" else None
+    onnx = require_package("onnx", who, f"format={format!r}")
+    ov = require_package("openvino", who, f"format={format!r}") if format == "openvino" else None
     path = Path(path)
     suffix = ".onnx" if format == "onnx" else ".xml"
     if path.suffix != suffix:

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 CONFIG_FILE = "config.json"
 WEIGHTS_STEM = "model"  # -> model.<sha256 prefix>.safetensors
 _PER_IMAGE = ("training_scores", "selected", "memory_scores", "trusted")
+_REQUIRED = object()  # _Config.get without a default: the key must be present
 
 
 def save_model(model: "MeDS", path: Union[str, Path]) -> Path:
@@ -85,13 +86,18 @@ class _Config:
     def fail(self, key: str, problem: str) -> CorruptFileError:
         return CorruptFileError(f"MeDS.load: {self.path}: key '{key}' {problem}")
 
-    def get(self, key: str) -> Any:
+    def get(self, key: str, default: Any = _REQUIRED) -> Any:
+        """The value at dotted ``key``; ``default``, if given, when only its last part is absent
+        (a key that older versions did not write)."""
+        parts = key.split(".")
         node = self.data
-        for i, part in enumerate(key.split(".")):
+        for i, part in enumerate(parts):
             if not isinstance(node, dict):
-                raise self.fail(".".join(key.split(".")[:i]), f"must be a JSON object, got {node!r}")
+                raise self.fail(".".join(parts[:i]), f"must be a JSON object, got {node!r}")
             if part not in node:
-                raise self.fail(key, "is missing")
+                if default is _REQUIRED or i < len(parts) - 1:
+                    raise self.fail(key, "is missing")
+                return default
             node = node[part]
         return node
 
@@ -238,11 +244,11 @@ def load_model(cls, path: Union[str, Path], *, device: str = "auto", verbose: bo
                                        and files_seen.get("count") == len(files_seen["files"])):
         raise cfg.fail("fitted.training_files", "must be null or hold count, sha256 and files")
     model.training_files_ = files_seen
-    # Optional: folders written before it was recorded have no training image size.
-    if cfg.get("fitted").get("image_size") is not None:
+    # Absent (or null) in folders written before the training image size was recorded.
+    if cfg.get("fitted.image_size", None) is not None:
         model.train_image_size_ = cfg.ints("fitted.image_size", 2)
     # Absent from folders written before fits took labels: those used none.
-    counts = cfg.get("fitted.labels") if "labels" in cfg.mapping("fitted", []) else {"defective": 0, "good": 0}
+    counts = cfg.get("fitted.labels", {"defective": 0, "good": 0})
     if not (isinstance(counts, dict) and set(counts) == {"defective", "good"}
             and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts.values())):
         raise cfg.fail("fitted.labels", f"must be {{'defective': n, 'good': m}} with counts >= 0, got {counts!r}")
