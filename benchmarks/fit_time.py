@@ -21,7 +21,6 @@ import meds
 from meds.data import contaminate, generate_synthetic, load_dataset
 from meds.evaluation.metrics import image_auroc
 from meds.method.model import FINAL_DETECTORS
-from meds.method.train import auto_steps
 
 
 def _stage_clock():
@@ -57,7 +56,7 @@ def measure(n_train: int, work: str) -> dict:
         predict[final] = len(test) / (time.perf_counter() - t)
     return {
         "n_train": len(data.train), "n_noise": int(data.n_noise),
-        "steps": {stage: auto_steps(len(data.train), stage) for stage in ("distill", "finetune")},
+        "steps": {stage: model.train_config.steps(stage, len(data.train)) for stage in ("distill", "finetune")},
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
         "predict_images_per_second": {k: round(v, 1) for k, v in predict.items()},
         "memory_rows": int(model.memory_bank_.shape[0]),

@@ -55,6 +55,7 @@ def run_demo(
     """
     from .report import write_audit
     from ..data import generate_synthetic, load_dataset
+    from ..data.noise import injected_count
     from ..evaluation.experiment import ExperimentConfig, run_setting
     from .report import write_prediction_outputs
 
@@ -64,7 +65,7 @@ def run_demo(
     data_root = out / "data"
     print(f"[1/4] generating the synthetic dataset ({', '.join(categories)}) in {data_root}", flush=True)
     sizes = dict(sizes or DEMO_SIZES)
-    sizes["n_test_defect"] += round(noise * sizes["n_train"])  # the defects contaminate() injects
+    sizes["n_test_defect"] += injected_count(noise, sizes["n_train"])
     generate_synthetic(data_root, categories=categories, seed=seed, **sizes)
 
     config = ExperimentConfig(noise_ratios=(noise,), seeds=(seed,), methods=("nearest_neighbour", "meds"),

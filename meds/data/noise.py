@@ -44,6 +44,11 @@ def _noise_flags(data: CategoryData) -> np.ndarray:
     return np.asarray([s.label == 1 for s in data.train], dtype=bool)
 
 
+def injected_count(ratio: float, n_normal: int) -> int:
+    """How many defective images :func:`contaminate` asks for at ``ratio`` (of the normals)."""
+    return int(round(ratio * n_normal))
+
+
 def contaminate(data: CategoryData, ratio: float, seed: int, overlap: bool = False) -> CategoryData:
     """Move randomly chosen defective test images into the training set.
 
@@ -76,7 +81,7 @@ def contaminate(data: CategoryData, ratio: float, seed: int, overlap: bool = Fal
         raise TypeError(f"contaminate: seed must be an int, got {type(seed).__name__} {seed!r}")
     flags = _noise_flags(data)
     n_normal = int((~flags).sum())
-    requested = int(round(r * n_normal))
+    requested = injected_count(r, n_normal)
     defect_idx = [i for i, s in enumerate(data.test) if s.label == 1]
     n = requested
     if requested > len(defect_idx):

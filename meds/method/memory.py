@@ -152,10 +152,7 @@ def memory_scores(
     banks = None
     if n_banks != "exact":
         banks = draw_banks(n_images, int(n_banks), bank_ratio, replace=replace, seed=seed, pool=pool)
-    excluded = None
-    if pool is not None:
-        excluded = np.ones(n_images, dtype=bool)
-        excluded[pool] = False
+    excluded = None if allowed is None else ~torch.as_tensor(allowed, device="cpu").bool().numpy()
     plan = Stage1Plan(n_images, n_patches, banks, ops.bank_size(n_images if pool is None else pool.size, bank_ratio),
                       replace, exclude_self, metric, images_per_chunk, excluded)
     if workers:

@@ -89,6 +89,11 @@ class TrainConfig:
         if not 0.0 < self.top_fraction <= 1.0:
             raise ValueError(f"TrainConfig: top_fraction must be in (0, 1], got {self.top_fraction}")
 
+    def steps(self, stage: str, n_images: int) -> int:
+        """Iterations of ``stage`` (``"distill"``/``"finetune"``): the given ones, else :func:`auto_steps`."""
+        given = self.distill_steps if stage == "distill" else self.finetune_steps
+        return given if given is not None else auto_steps(n_images, stage)
+
 
 #: Steps per training image of each stage when none are given (batch 16: 32 and 64 passes).
 #: Stage 3 gets twice stage 2's: on the synthetic benchmark at 40 % noise, doubling the
@@ -305,7 +310,7 @@ def distill(
     # Batches are drawn over positions of `pool` (all images when there are no labels).
     pool = None if labels is None else torch.as_tensor(np.flatnonzero(labels != DEFECTIVE), device=features.device)
     n_pool = features.shape[0] if pool is None else pool.numel()
-    total = config.distill_steps if config.distill_steps is not None else auto_steps(features.shape[0], "distill")
+    total = config.steps("distill", features.shape[0])
     if checkpointer.training_stage() == "finetune":
         return network  # stage 2 finished before the interruption; stage 3 restores the weights
     optimizer = _make_optimizer(network, config)
@@ -403,7 +408,7 @@ def progressive_selection(
     """
     checkpointer = checkpointer or Checkpointer(None, {})
     n_images = features.shape[0]
-    total = config.finetune_steps if config.finetune_steps is not None else auto_steps(n_images, "finetune")
+    total = config.steps("finetune", n_images)
     codes = None if labels is None else torch.as_tensor(labels, device=features.device)
     optimizer = _make_optimizer(network, config)
     resumed = checkpointer.load_training("finetune", network, optimizer, features.device)
