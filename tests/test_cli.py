@@ -169,3 +169,11 @@ def test_a_bad_option_value_exits_2_before_any_file_is_read(tmp_path, capsys, ar
     code = main([str(nowhere) if a == "NOWHERE" else a for a in args] + ["--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0], err
+
+
+@pytest.mark.parametrize("flag, expected", [([], True), (["--no-position-norm"], False)])
+def test_position_norm_is_on_unless_switched_off(flag, expected):
+    from meds.app.cli import _model_kwargs, build_parser
+
+    args = build_parser().parse_args(["fit", "data", "--out", "runs", *flag])
+    assert _model_kwargs(args)["position_norm"] is expected

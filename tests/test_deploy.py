@@ -120,7 +120,10 @@ def test_openvino_fp16_is_close(fitted, paths, tmp_path):
     assert fp16.with_suffix(".bin").stat().st_size < 0.6 * fp32.with_suffix(".bin").stat().st_size
     detector = Detector(fp16, threads=1)
     assert detector.metadata["precision"] == "fp16"
-    np.testing.assert_allclose(detector.predict(paths[1]).scores, fitted.predict(paths[1]).scores, rtol=1e-2)
+    # Scores standardised per position can sit near 0, so closeness is measured against
+    # their spread over the images, not relative to each score.
+    expected = fitted.predict(paths[1]).scores
+    np.testing.assert_allclose(detector.predict(paths[1]).scores, expected, rtol=0, atol=1e-2 * np.ptp(expected))
 
 
 def test_detector_and_cli_run_without_torch(fitted, paths, tmp_path):

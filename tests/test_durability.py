@@ -354,6 +354,12 @@ CORRUPTIONS = [
     ("selected of wrong length", _rewrite_weights(lambda t: t.__setitem__("selected", t["selected"][:-1].clone())), "model.", "tensor 'selected' must have shape (N,)"),
     ("NaN weights", _rewrite_weights(_nan_weights), "model.", "holds NaN or Inf"),
     ("Inf in the memory bank", _rewrite_weights(lambda t: t["memory_bank"].__setitem__((0, 0), float("inf"))), "model.", "tensor 'memory_bank' holds NaN or Inf"),
+    ("tensor position_scale missing", _rewrite_weights(lambda t: t.pop("position_scale")), "model.",
+     "tensor 'position_scale' is missing (the model was saved with position_norm)"),
+    ("position_centre of wrong length", _rewrite_weights(lambda t: t.__setitem__("position_centre", t["position_centre"][:-1].clone())),
+     "model.", "tensor 'position_centre' must have shape"),
+    ("position_scale zero", _rewrite_weights(lambda t: t["position_scale"].__setitem__(0, 0.0)), "model.",
+     "tensor 'position_scale' must be > 0"),
     ("newer meds", _edit_config(lambda c: c.__setitem__("meds_version", "99.0.0")), "99.0.0", f"newer than this meds {meds.__version__}"),
     ("labels null", _edit_config(lambda c: c["fitted"].__setitem__("labels", None)), "config.json", "'fitted.labels' must be"),
     ("image size of three", _edit_config(lambda c: c["fitted"].__setitem__("image_size", [64, 64, 3])), "config.json",
@@ -387,6 +393,17 @@ def test_a_folder_from_before_image_size_and_labels_loads(saved, tmp_path):
     model = meds.MeDS.load(folder, device="cpu", verbose=False)
     assert model.label_counts_ == {"defective": 0, "good": 0}
     assert model.train_image_size_ is None
+
+
+def test_a_folder_from_before_position_norm_loads_without_it(saved, tmp_path):
+    """Older versions neither had the setting nor saved the statistics: such a folder loads
+    as a model with raw network scores (what it was fitted with)."""
+    folder = tmp_path / "model"
+    shutil.copytree(saved["A"][1], folder)
+    _rewrite_weights(lambda t: (t.pop("position_centre"), t.pop("position_scale")))(folder)
+    _edit_config(lambda c: c["config"].pop("position_norm"))(folder)
+    model = meds.MeDS.load(folder, device="cpu", verbose=False)
+    assert model.position_norm is False and model.position_stats_ is None
 
 
 def test_the_cli_prints_a_corrupted_folder_as_one_line(corrupted, image, tmp_path, capsys):

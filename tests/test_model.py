@@ -1,5 +1,6 @@
 """The MeDS estimator end to end on a tiny contaminated synthetic category."""
 
+import copy
 import json
 
 import numpy as np
@@ -119,6 +120,41 @@ def test_the_memory_detector_holds_only_trusted_patches(split, fitted):
     expected = (1 - patches @ bank.T).min(dim=1).values.reshape(2, -1)
     got = fitted.with_final("memory")._score_features(features)
     torch.testing.assert_close(got, expected, atol=2e-5, rtol=0)
+
+
+def test_reconstruction_scores_are_standardised_per_patch_position(split, fitted):
+    """Centre and scale: numpy's median and floored MAD of the selected images' raw network
+    scores at each position; test scores are the raw scores standardised by them."""
+    from meds.method.scoring import POSITION_SCALE_FLOOR
+    from meds.method.train import patch_scores
+
+    train = fitted.training_features(split.train_paths())
+    raw = patch_scores(fitted.network_, train[torch.as_tensor(fitted.selected_)]).double().numpy()
+    # torch's median of an even count is the lower middle value
+    lower_median = lambda a: np.sort(a, axis=0)[(a.shape[0] - 1) // 2]
+    centre = lower_median(raw)
+    spread = lower_median(np.abs(raw - centre))
+    scale = np.maximum(spread, POSITION_SCALE_FLOOR * lower_median(spread[:, None])[0])
+    got_centre, got_scale = (t.double().numpy() for t in fitted.position_stats_)
+    np.testing.assert_allclose(got_centre, centre, rtol=1e-6)
+    np.testing.assert_allclose(got_scale, scale, rtol=1e-6)
+    assert (got_scale > spread).any()  # the floor binds somewhere on this data
+
+    features = torch.cat([f for _, f in fitted.iter_features(split.test_paths()[:3])])
+    test_raw = patch_scores(fitted.network_, features).double().numpy()
+    got = fitted._score_features(features).double().numpy()
+    np.testing.assert_allclose(got, (test_raw - centre) / scale, rtol=1e-5, atol=1e-6)
+    plain = copy.copy(fitted)
+    plain.position_stats_ = None
+    np.testing.assert_allclose(plain._score_features(features).double().numpy(), test_raw, rtol=1e-6)
+
+
+def test_position_norm_off_scores_with_the_raw_network(split):
+    model = tiny_meds(position_norm=False).fit(split.train_paths())
+    assert model.position_stats_ is None
+    features = torch.cat([f for _, f in model.iter_features(split.test_paths()[:2])])
+    from meds.method.train import patch_scores
+    torch.testing.assert_close(model._score_features(features), patch_scores(model.network_, features))
 
 
 def test_load_refuses_a_folder_without_a_model(tmp_path):

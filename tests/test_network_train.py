@@ -6,7 +6,14 @@ import torch
 from scipy import ndimage
 
 from meds.method.network import NETWORK_PRESETS, NetworkConfig, ReconstructionNetwork
-from meds.method.scoring import anomaly_maps, gaussian_blur, robust_threshold, top_fraction_mean
+from meds.method.scoring import (
+    anomaly_maps,
+    gaussian_blur,
+    position_stats,
+    robust_threshold,
+    standardise_positions,
+    top_fraction_mean,
+)
 from meds.method.train import (
     Checkpointer,
     TrainConfig,
@@ -86,6 +93,22 @@ def test_robust_threshold():
     scores = np.array([1.0, 2.0, 3.0, 4.0, 100.0])
     assert robust_threshold(scores, 0.0) == 3.0
     assert robust_threshold(scores, 1.0) == pytest.approx(3.0 + 1.4826)
+
+
+def test_position_stats_are_the_median_and_floored_mad_of_each_position():
+    rng = np.random.default_rng(5)
+    x = rng.gamma(2.0, 1.0, size=(41, 13)) * np.linspace(0.2, 3.0, 13)  # odd sizes: one median
+    x[:, 3] = 7.0  # every image alike here: the floor gives it a scale
+    centre, scale = position_stats(torch.from_numpy(x), floor=0.5)
+    median = np.median(x, axis=0)
+    mad = np.median(np.abs(x - median), axis=0)
+    np.testing.assert_allclose(centre.numpy(), median)
+    np.testing.assert_allclose(scale.numpy(), np.maximum(mad, 0.5 * np.median(mad)))
+    assert scale[3] > 0
+    z = standardise_positions(torch.from_numpy(x), centre, scale).numpy()
+    np.testing.assert_allclose(np.median(z, axis=0)[mad > 0.5 * np.median(mad)], 0.0, atol=1e-12)
+    with pytest.raises(ValueError, match="patch_scores must be"):
+        position_stats(torch.zeros(5))
 
 
 def test_selection_mask_keeps_lower_half_first_then_more():

@@ -100,6 +100,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                    help="final detector: the paper's network (default), the trusted memory, or both")
     g.add_argument("--coreset-ratio", type=float, default=0.1,
                    help="share of each trusted image's patches kept in the memory (default 0.1)")
+    g.add_argument("--no-position-norm", dest="position_norm", action="store_false",
+                   help="score with the network's raw patch errors, not standardised per patch position")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1...")
     g.add_argument("--seed", type=int, default=0)
 
@@ -239,7 +241,7 @@ def _model_kwargs(args) -> dict:
         backbone=args.backbone, weights=None if args.weights == "none" else args.weights,
         n_banks=args.n_banks, bank_ratio=args.bank_ratio, exclude_self=args.exclude_self,
         network=args.network, train=train, device=args.device, seed=args.seed, verbose=not args.quiet,
-        final=args.final, coreset_ratio=args.coreset_ratio,
+        final=args.final, coreset_ratio=args.coreset_ratio, position_norm=args.position_norm,
     )
     if args.image_size is not None:
         kwargs["image_size"] = args.image_size

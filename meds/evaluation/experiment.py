@@ -12,6 +12,8 @@ images are computed once, and every method is fitted and evaluated on the same s
 ``meds_reconstruction``   the same fit scored by the paper's final network
 ``meds_memory``           the same fit scored by the trusted memory (nearest neighbour)
 ``meds_fusion``           the same fit scored by both, standardised and summed
+``meds_raw``              the same fit scored by the final network's raw patch errors
+                          (``position_norm=False``: no standardisation per position)
 ``reconstruction``        the reconstruction network trained on everything
 ``meds_exclude_self``     MeDS with leave-one-out memory scores
 ``meds_exact``            MeDS with ``n_banks="exact"`` (the B -> infinity limit)
@@ -50,6 +52,7 @@ METHODS = (
     "meds_reconstruction",
     "meds_memory",
     "meds_fusion",
+    "meds_raw",
     "reconstruction",
     "meds_exclude_self",
     "meds_exact",
@@ -63,6 +66,7 @@ METHOD_LABELS = {
     "meds_reconstruction": "MeDS, final = reconstruction (paper)",
     "meds_memory": "MeDS, final = trusted memory",
     "meds_fusion": "MeDS, final = fusion",
+    "meds_raw": "MeDS, raw network scores (no position norm)",
     "reconstruction": "Reconstruction, no selection",
     "meds_exclude_self": "MeDS, exclude_self",
     "meds_exact": "MeDS, n_banks=exact",
@@ -180,13 +184,15 @@ def _fit_methods(
             same_banks = reference.bank_replace and not reference.exclude_self
             shared_scores = memory() if same_banks else None
             det, sec = timed(lambda: prepared(ensemble).fit_features(train_features, patch_scores=shared_scores))
-        elif method in ("meds", "distilled") or method.startswith("meds_") and method[5:] in FINAL_DETECTORS:
+        elif method in ("meds", "distilled", "meds_raw") or method.startswith("meds_") and method[5:] in FINAL_DETECTORS:
             if meds_model is None:
                 meds_model, meds_seconds = timed(fit_meds)
             if method == "meds":
                 det, sec = meds_model, meds_seconds
             elif method == "distilled":
                 det, sec = _distilled_view(meds_model), float("nan")
+            elif method == "meds_raw":
+                det, sec = _raw_view(meds_model), float("nan")
             else:  # the same fit, scored by another final detector
                 det, sec = meds_model.with_final(method[5:]), float("nan")
         elif method == "reconstruction":
@@ -203,7 +209,17 @@ def _distilled_view(model: MeDS) -> MeDS:
     view = copy.copy(model)
     view.final = "reconstruction"
     view.network_ = model.distilled_network_
+    view.position_stats_ = None  # the final network's standardisation does not fit theta_0
     view.training_scores_ = model.distilled_scores_
+    return view
+
+
+def _raw_view(model: MeDS) -> MeDS:
+    """The fit scored by its final network without the per-position standardisation: what
+    ``position_norm=False`` gives (that setting changes only the scoring, not the training).
+    Only for evaluation: its ``threshold_`` is the standardised one's."""
+    view = model.with_final("reconstruction")
+    view.position_stats_ = None
     return view
 
 

@@ -138,20 +138,35 @@ class MeDSPatchScores(nn.Module):
         self.final = model.final
         uses_network = self.final in ("reconstruction", "fusion")
         self.network = copy.deepcopy(model.network_).cpu().eval() if uses_network else None
+        self.standardise = uses_network and model.position_stats_ is not None
+        if self.standardise:
+            centre, scale = (t.detach().cpu().double() for t in model.position_stats_)
+            self.grid = tuple(int(v) for v in model.grid_)
+            self.register_buffer("position_weight", (1.0 / scale).float().view(1, *self.grid))
+            self.register_buffer("position_bias", (-centre / scale).float().view(1, *self.grid))
         self.memory = NearestPatch(model.memory_bank_, model.metric, chunk) if self.final != "reconstruction" else None
         if self.final == "fusion":
             (c_rec, w_rec), (c_mem, w_mem) = model.fusion_stats_["reconstruction"], model.fusion_stats_["memory"]
             self.stats = (float(c_rec), float(w_rec), float(c_mem), float(w_mem))
 
+    def _reconstruction(self, features: torch.Tensor) -> torch.Tensor:
+        scores = self.network(features)
+        if not self.standardise:
+            return scores
+        # Applied on the (h, w) grid: OpenVINO 2026.4's CPU plugin gave wrong scores (no
+        # error) for the same per-position constants applied to the flat (N, L) scores.
+        on_grid = scores.reshape(-1, *self.grid) * self.position_weight + self.position_bias
+        return on_grid.reshape(scores.shape)
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         if self.final == "reconstruction":
-            return self.network(features)
+            return self._reconstruction(features)
         n, length, dim = features.shape
         memory = self.memory(features.reshape(-1, dim)).reshape(n, length)
         if self.final == "memory":
             return memory
         c_rec, w_rec, c_mem, w_mem = self.stats
-        return (self.network(features) - c_rec) / w_rec + (memory - c_mem) / w_mem
+        return (self._reconstruction(features) - c_rec) / w_rec + (memory - c_mem) / w_mem
 
 
 class NearestNeighbourPatchScores(nn.Module):

@@ -30,7 +30,7 @@ from .. import __version__
 from .detector import ImageLike, PatchDetector
 from ..locking import folder_lock
 from .memory import SHARD_MODES, BankCount, check_bank_count, memory_scores, nearest_neighbour_scores
-from .scoring import robust_centre_scale, robust_threshold, top_fraction_mean
+from .scoring import position_stats, robust_centre_scale, robust_threshold, standardise_positions, top_fraction_mean
 from .network import NETWORK_PRESETS, NetworkConfig, ReconstructionNetwork
 from .fingerprint import training_fingerprint
 from ..data.labels import DEFECTIVE, GOOD, label_codes
@@ -88,6 +88,10 @@ class MeDS(PatchDetector):
         trust_rounds: Re-score / cut rounds of that selection.
         coreset_ratio: Share of each trusted image's patches kept in the memory bank
             (greedy k-center); bounds the cost of prediction.
+        position_norm: Standardise the network's patch scores per patch position by the
+            median and MAD of the selected training images
+            (:func:`~meds.method.scoring.position_stats`), so an error that is normal at
+            an object's edge does not outweigh a defect in a flat region.
         seed: Seed of every random choice (banks, init, batches, dropout).
         workers: Run stage 1 on this many Ray actors, or on a
             :class:`~meds.distributed.stage1.Stage1Workers` (``pip install "meds[ray]"``);
@@ -104,6 +108,8 @@ class MeDS(PatchDetector):
         trusted_: ``(N,)`` bool, the images whose patches the memory detector holds.
         memory_bank_: ``(M, D)`` the trusted patches of the memory detector.
         fusion_stats_: ``{"reconstruction": [centre, scale], "memory": [...]}``.
+        position_stats_: ``(centre, scale)``, each ``(L,)``: the per-position
+            standardisation of the network's patch scores (``None`` without ``position_norm``).
         thresholds_: Label threshold of each final detector.
         label_counts_: ``{"defective": n, "good": m}``, how many labels the fit used
             (saved in ``config.json``).
@@ -136,6 +142,7 @@ class MeDS(PatchDetector):
         trust_k: float = 3.0,
         trust_rounds: int = 1,
         coreset_ratio: float = 0.1,
+        position_norm: bool = True,
         seed: int = 0,
         workers=None,
         stage1_shard: str = "queries",
@@ -162,6 +169,7 @@ class MeDS(PatchDetector):
         self.trust_k = float(trust_k)
         self.trust_rounds = int(trust_rounds)
         self.coreset_ratio = float(coreset_ratio)
+        self.position_norm = bool(position_norm)
         self.network_config = _network_config(network)
         self.train_config = train if train is not None else TrainConfig()
         self.distillation = bool(distillation)
@@ -180,6 +188,7 @@ class MeDS(PatchDetector):
         self.trusted_: Optional[np.ndarray] = None
         self.memory_bank_: Optional[torch.Tensor] = None
         self.fusion_stats_: dict = {}
+        self.position_stats_: Optional[tuple[torch.Tensor, torch.Tensor]] = None
         self.thresholds_: dict = {}
         self.training_files_: Optional[dict] = None
         self.label_counts_: dict = {"defective": 0, "good": 0}
@@ -201,6 +210,7 @@ class MeDS(PatchDetector):
             "trust_k": self.trust_k,
             "trust_rounds": self.trust_rounds,
             "coreset_ratio": self.coreset_ratio,
+            "position_norm": self.position_norm,
             "seed": self.seed,
         }
 
@@ -307,6 +317,13 @@ class MeDS(PatchDetector):
     def _fit_final(self, features: torch.Tensor, eta: torch.Tensor, codes: Optional[np.ndarray]) -> None:
         """The trusted set, the memory bank, and the standardisation and threshold of each
         final detector (all from training images only)."""
+        if self.position_norm:
+            selected = torch.as_tensor(self.selected_, device=features.device)
+            if not bool(selected.any()):  # every eta equal: no image is below the cut
+                selected = torch.ones_like(selected)
+            self.position_stats_ = position_stats(patch_scores(self.network_, features[selected], self.batch_size))
+        else:
+            self.position_stats_ = None
         coreset = image_coreset(features, self.coreset_ratio)
         trusted = select_trusted(features, eta, coreset, self._image_scores, k=self.trust_k,
                                  rounds=self.trust_rounds, metric=self.metric, labels=codes)
@@ -319,7 +336,7 @@ class MeDS(PatchDetector):
         # patches); the network's scores of the same images.
         patch = {"memory": leave_one_out_distance(features[keep], PatchMemory(bank.rows, _renumber(bank.images)),
                                                   metric=self.metric),
-                 "reconstruction": patch_scores(self.network_, features[keep], self.batch_size)}
+                 "reconstruction": self._reconstruction_scores(features[keep])}
         self.fusion_stats_ = {}
         for name, values in patch.items():
             centre, scale = robust_centre_scale(self._image_scores(values))
@@ -328,6 +345,11 @@ class MeDS(PatchDetector):
         self.thresholds_ = {name: robust_threshold(self._image_scores(values), self.threshold_k)
                             for name, values in patch.items()}
         self.threshold_ = self.thresholds_[self.final]
+
+    def _reconstruction_scores(self, features: torch.Tensor) -> torch.Tensor:
+        """``(N, L)`` patch scores of the fine-tuned network, standardised per position."""
+        scores = patch_scores(self.network_, features, self.batch_size)
+        return scores if self.position_stats_ is None else standardise_positions(scores, *self.position_stats_)
 
     def _image_scores(self, patch: torch.Tensor) -> torch.Tensor:
         """``(N,)`` image scores of ``(N, L)`` patch scores (maps, blur, top fraction), batched."""
@@ -363,13 +385,13 @@ class MeDS(PatchDetector):
 
     def _score_features(self, features: torch.Tensor) -> torch.Tensor:
         if self.final == "reconstruction":
-            return patch_scores(self.network_, features, self.batch_size)
+            return self._reconstruction_scores(features)
         n, length, dim = features.shape
         memory = nearest_neighbour_scores(features.reshape(-1, dim), self.memory_bank_,
                                           metric=self.metric).reshape(n, length)
         if self.final == "memory":
             return memory
-        return self._fuse(patch_scores(self.network_, features, self.batch_size), memory)
+        return self._fuse(self._reconstruction_scores(features), memory)
 
     # -- persistence -----------------------------------------------------------------
 

@@ -38,6 +38,9 @@ CONFIG_FILE = "config.json"
 WEIGHTS_STEM = "model"  # -> model.<sha256 prefix>.safetensors
 _PER_IMAGE = ("training_scores", "selected", "memory_scores", "trusted")
 _REQUIRED = object()  # _Config.get without a default: the key must be present
+_POSITION = ("position_centre", "position_scale")  # saved only with position_norm
+#: Settings that folders written by earlier versions lack, with the value those fits used.
+_ADDED_SETTINGS = {"position_norm": False}
 
 
 def save_model(model: "MeDS", path: Union[str, Path]) -> Path:
@@ -49,6 +52,8 @@ def save_model(model: "MeDS", path: Union[str, Path]) -> Path:
     tensors["memory_scores"] = torch.from_numpy(np.asarray(model.memory_scores_, dtype=np.float64))
     tensors["trusted"] = torch.from_numpy(model.trusted_.astype(np.uint8))
     tensors["memory_bank"] = model.memory_bank_
+    if model.position_stats_ is not None:
+        tensors["position_centre"], tensors["position_scale"] = model.position_stats_
     manifest = {
         "meds_version": __version__,
         "model": "MeDS",
@@ -148,6 +153,7 @@ def _check_value(cfg: _Config, key: str, value: Any, default: Any) -> None:
 def _constructor_args(cls, cfg: _Config) -> dict:
     saved = cfg.mapping("config", [])
     defaults = cls(device="cpu", verbose=False).get_config()
+    saved = {**{k: v for k, v in _ADDED_SETTINGS.items() if k not in saved}, **saved}
     for name, default in defaults.items():
         if name not in saved:
             raise cfg.fail(f"config.{name}", "is missing")
@@ -168,7 +174,10 @@ def _constructor_args(cls, cfg: _Config) -> dict:
     return args
 
 
-def _check_tensors(tensors: dict, weights: Path, network: ReconstructionNetwork, dim: int) -> None:
+def _check_tensors(tensors: dict, weights: Path, network: ReconstructionNetwork, dim: int,
+                   positions: Union[int, None]) -> None:
+    """Presence, shapes and finite values; ``positions``: the grid's patch count when the
+    model standardises patch positions, else ``None``."""
     def fail(name: str, problem: str) -> CorruptFileError:
         return CorruptFileError(f"MeDS.load: {weights}: tensor '{name}' {problem}")
 
@@ -181,7 +190,15 @@ def _check_tensors(tensors: dict, weights: Path, network: ReconstructionNetwork,
     for name in _PER_IMAGE + ("memory_bank",):
         if name not in tensors:
             raise fail(name, "is missing")
-    unknown = sorted(set(tensors) - set(expected) - set(_PER_IMAGE) - {"memory_bank"})
+    for name in _POSITION if positions is not None else ():
+        if name not in tensors:
+            raise fail(name, "is missing (the model was saved with position_norm)")
+        if tuple(tensors[name].shape) != (positions,):
+            raise fail(name, f"must have shape ({positions},), one value per patch, got {tuple(tensors[name].shape)}")
+    if positions is not None and not bool((tensors["position_scale"] > 0).all()):
+        raise fail("position_scale", "must be > 0 everywhere")
+    allowed = set(expected) | set(_PER_IMAGE) | {"memory_bank"} | (set(_POSITION) if positions is not None else set())
+    unknown = sorted(set(tensors) - allowed)
     if unknown:
         raise fail(unknown[0], "is not part of a MeDS model")
     n = tensors["training_scores"].shape[0] if tensors["training_scores"].ndim == 1 else -1
@@ -257,7 +274,8 @@ def load_model(cls, path: Union[str, Path], *, device: str = "auto", verbose: bo
     weights = files[WEIGHTS_STEM]
     tensors = load_tensors(weights, resolve_device(device))
     network = ReconstructionNetwork(model.group_dims_, model.network_config).to(model.device)
-    _check_tensors(tensors, weights, network, sum(model.group_dims_))
+    positions = model.grid_[0] * model.grid_[1] if model.position_norm else None
+    _check_tensors(tensors, weights, network, sum(model.group_dims_), positions)
     n_images = tensors["training_scores"].shape[0]
     if files_seen is not None and files_seen["count"] != n_images:
         raise cfg.fail("fitted.training_files", f"lists {files_seen['count']} images, the weights hold {n_images}")
@@ -268,4 +286,6 @@ def load_model(cls, path: Union[str, Path], *, device: str = "auto", verbose: bo
     model.memory_scores_ = tensors["memory_scores"].cpu().numpy()
     model.trusted_ = tensors["trusted"].cpu().numpy().astype(bool)
     model.memory_bank_ = tensors["memory_bank"].to(model.device, torch.float32).contiguous()
+    if model.position_norm:
+        model.position_stats_ = tuple(tensors[name].to(model.device, torch.float32) for name in _POSITION)
     return model

@@ -100,3 +100,36 @@ def robust_threshold(scores, k: float = 3.0) -> float:
     """``median + k * 1.4826 * MAD`` of ``scores``: an outlier cut needing no labels."""
     centre, scale = robust_centre_scale(scores)
     return centre + k * scale
+
+
+#: Floor of each position's spread, as a share of the median spread over positions: a
+#: position where every training image scores alike must not turn noise into anomalies.
+POSITION_SCALE_FLOOR = 0.5
+
+
+def position_stats(patch_scores: torch.Tensor, floor: float = POSITION_SCALE_FLOOR) -> tuple[torch.Tensor, torch.Tensor]:
+    """Robust centre and spread of every patch position over images.
+
+    A reconstruction network's error varies with the place in an aligned object (edges and
+    fine structure are harder to reconstruct than flat regions), so the same raw score is
+    normal in one place and a defect in another. Standardising each position by the
+    training images' median and MAD puts every position on one scale.
+
+    Args:
+        patch_scores: ``(N, L)`` scores of ``N`` training images.
+        floor: The spread is at least this share of its median over positions.
+
+    Returns:
+        ``(centre, scale)``, each ``(L,)``: the median and the floored MAD per position.
+    """
+    if patch_scores.dim() != 2 or patch_scores.shape[0] < 1:
+        raise ValueError(f"position_stats: patch_scores must be (N, L) with N >= 1, got {tuple(patch_scores.shape)}")
+    centre = patch_scores.median(dim=0).values
+    spread = (patch_scores - centre).abs().median(dim=0).values
+    scale = spread.clamp_min(max(floor * float(spread.median()), 1e-12))
+    return centre, scale
+
+
+def standardise_positions(patch_scores: torch.Tensor, centre: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``(patch_scores - centre) / scale`` per position (see :func:`position_stats`)."""
+    return (patch_scores - centre) / scale
