@@ -13,7 +13,8 @@ from meds.data import contaminate, generate_synthetic, load_dataset
 from meds.evaluation.metrics import image_auroc
 from meds.method.model import FINAL_DETECTORS
 from meds.method.network import NetworkConfig
-from meds.method.train import TrainConfig
+from meds.method.scoring import POSITION_SCALE_FLOOR
+from meds.method.train import TrainConfig, patch_scores
 
 TINY_NETWORK = NetworkConfig(dim=32, depth=1, heads=2)
 
@@ -125,9 +126,6 @@ def test_the_memory_detector_holds_only_trusted_patches(split, fitted):
 def test_reconstruction_scores_are_standardised_per_patch_position(split, fitted):
     """Centre and scale: numpy's median and floored MAD of the selected images' raw network
     scores at each position; test scores are the raw scores standardised by them."""
-    from meds.method.scoring import POSITION_SCALE_FLOOR
-    from meds.method.train import patch_scores
-
     train = fitted.training_features(split.train_paths())
     raw = patch_scores(fitted.network_, train[torch.as_tensor(fitted.selected_)]).double().numpy()
     # torch's median of an even count is the lower middle value
@@ -153,7 +151,6 @@ def test_position_norm_off_scores_with_the_raw_network(split):
     model = tiny_meds(position_norm=False).fit(split.train_paths())
     assert model.position_stats_ is None
     features = torch.cat([f for _, f in model.iter_features(split.test_paths()[:2])])
-    from meds.method.train import patch_scores
     torch.testing.assert_close(model._score_features(features), patch_scores(model.network_, features))
 
 

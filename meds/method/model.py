@@ -317,13 +317,15 @@ class MeDS(PatchDetector):
     def _fit_final(self, features: torch.Tensor, eta: torch.Tensor, codes: Optional[np.ndarray]) -> None:
         """The trusted set, the memory bank, and the standardisation and threshold of each
         final detector (all from training images only)."""
+        # The network's raw scores of every training image, computed once: the position
+        # statistics come from the selected images, the thresholds from the trusted ones.
+        raw = patch_scores(self.network_, features, self.batch_size)
+        self.position_stats_ = None
         if self.position_norm:
             selected = torch.as_tensor(self.selected_, device=features.device)
             if not bool(selected.any()):  # every eta equal: no image is below the cut
                 selected = torch.ones_like(selected)
-            self.position_stats_ = position_stats(patch_scores(self.network_, features[selected], self.batch_size))
-        else:
-            self.position_stats_ = None
+            self.position_stats_ = position_stats(raw[selected])
         coreset = image_coreset(features, self.coreset_ratio)
         trusted = select_trusted(features, eta, coreset, self._image_scores, k=self.trust_k,
                                  rounds=self.trust_rounds, metric=self.metric, labels=codes)
@@ -336,7 +338,7 @@ class MeDS(PatchDetector):
         # patches); the network's scores of the same images.
         patch = {"memory": leave_one_out_distance(features[keep], PatchMemory(bank.rows, _renumber(bank.images)),
                                                   metric=self.metric),
-                 "reconstruction": self._reconstruction_scores(features[keep])}
+                 "reconstruction": self._standardised(raw[keep])}
         self.fusion_stats_ = {}
         for name, values in patch.items():
             centre, scale = robust_centre_scale(self._image_scores(values))
@@ -346,10 +348,13 @@ class MeDS(PatchDetector):
                             for name, values in patch.items()}
         self.threshold_ = self.thresholds_[self.final]
 
+    def _standardised(self, scores: torch.Tensor) -> torch.Tensor:
+        """Raw network patch scores ``(N, L)`` standardised per position (if fitted so)."""
+        return scores if self.position_stats_ is None else standardise_positions(scores, *self.position_stats_)
+
     def _reconstruction_scores(self, features: torch.Tensor) -> torch.Tensor:
         """``(N, L)`` patch scores of the fine-tuned network, standardised per position."""
-        scores = patch_scores(self.network_, features, self.batch_size)
-        return scores if self.position_stats_ is None else standardise_positions(scores, *self.position_stats_)
+        return self._standardised(patch_scores(self.network_, features, self.batch_size))
 
     def _image_scores(self, patch: torch.Tensor) -> torch.Tensor:
         """``(N,)`` image scores of ``(N, L)`` patch scores (maps, blur, top fraction), batched."""

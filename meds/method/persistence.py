@@ -197,8 +197,8 @@ def _check_tensors(tensors: dict, weights: Path, network: ReconstructionNetwork,
             raise fail(name, f"must have shape ({positions},), one value per patch, got {tuple(tensors[name].shape)}")
     if positions is not None and not bool((tensors["position_scale"] > 0).all()):
         raise fail("position_scale", "must be > 0 everywhere")
-    allowed = set(expected) | set(_PER_IMAGE) | {"memory_bank"} | (set(_POSITION) if positions is not None else set())
-    unknown = sorted(set(tensors) - allowed)
+    optional = set(_POSITION) if positions is not None else set()
+    unknown = sorted(set(tensors) - set(expected) - set(_PER_IMAGE) - {"memory_bank"} - optional)
     if unknown:
         raise fail(unknown[0], "is not part of a MeDS model")
     n = tensors["training_scores"].shape[0] if tensors["training_scores"].ndim == 1 else -1
