@@ -18,6 +18,7 @@ full-memory nearest neighbour is well above chance on every category.
     python benchmarks/noise_robustness.py                    # the full run (hours on 2 cores)
     python benchmarks/noise_robustness.py --data /data/mvtec --splits shared/reference/meds-official-splits/mvtec
     python benchmarks/noise_robustness.py --report bench_out/noise/results.json   # reprint saved tables
+    python benchmarks/noise_robustness.py --report seed0.json seeds12.json    # runs made separately, as one
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from meds.evaluation.experiment import (
     TRAIN_METRICS,
     ExperimentConfig,
     markdown_table,
+    merge_rows,
     of_protocol,
     per_category_table,
     run_experiment,
@@ -88,14 +90,21 @@ def main(argv=None) -> int:
                         help="synthetic set: spread between instances of a defect type (0 = one recurring fault)")
     parser.add_argument("--work", default="bench_out/noise", help="where the synthetic data and results go")
     parser.add_argument("--json", help="results JSON (default: WORK/results.json)")
-    parser.add_argument("--report", metavar="JSON", help="only print the tables of a saved results JSON "
-                        "(also of an interrupted run)")
+    parser.add_argument("--report", metavar="JSON", nargs="+", help="only print the tables of saved results "
+                        "JSONs (also of an interrupted run); several are merged, e.g. seeds run separately")
     args = parser.parse_args(argv)
     if args.report:
-        saved = load_json(args.report)
-        done = "complete" if saved.get("complete") else "INCOMPLETE (interrupted or still running)"
-        print(f"{saved['command']}\n{len(saved['rows'])} rows, {done}; {saved['seconds'] / 60:.1f} min\n")
-        print(report(saved["rows"]))
+        runs = []
+        for path in args.report:
+            saved = load_json(path)
+            done = "complete" if saved.get("complete") else "INCOMPLETE (interrupted or still running)"
+            print(f"{saved['command']}\n{len(saved['rows'])} rows, {done}; {saved['seconds'] / 60:.1f} min\n")
+            runs.append((path, saved["rows"]))
+        try:
+            rows = merge_rows(runs)
+        except ValueError as error:
+            raise SystemExit(f"--report: {error}") from None
+        print(report(rows))
         return 0
 
     plan = QUICK if args.quick else FULL

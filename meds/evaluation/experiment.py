@@ -344,6 +344,32 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(arr.mean()), float(arr.std(ddof=0))
 
 
+#: What identifies one measurement: a method on one category, noise ratio, seed and protocol.
+SETTING_KEY = ("method", "category", "noise", "seed", "protocol")
+
+
+def merge_rows(runs: Sequence[tuple[str, Sequence[dict]]]) -> list[dict]:
+    """The rows of several runs as one result (e.g. seeds or ratios run separately).
+
+    Args:
+        runs: ``(source, rows)`` pairs; ``source`` names the run in errors (a file name).
+
+    Raises:
+        ValueError: Two runs hold the same measurement (:data:`SETTING_KEY`): averaging
+            both would count that setting twice.
+    """
+    merged, seen = [], {}
+    for source, rows in runs:
+        for row in rows:
+            key = tuple(row[name] for name in SETTING_KEY)
+            if key in seen:
+                setting = ", ".join(f"{name}={value}" for name, value in zip(SETTING_KEY, key))
+                raise ValueError(f"merge_rows: {source!r} and {seen[key]!r} both measured {setting}")
+            seen[key] = source
+            merged.append(row)
+    return merged
+
+
 def of_protocol(rows: Sequence[dict], protocol: str) -> list[dict]:
     """The rows measured under one noise protocol (tables never mix protocols)."""
     return [row for row in rows if row["protocol"] == protocol]
@@ -378,7 +404,10 @@ def markdown_table(rows: Sequence[dict], metric: str, methods: Optional[Sequence
     methods = [m for m in (methods or METHODS) if any(r["method"] == m for r in rows)]
     ratios = sorted({r["noise"] for r in rows})
     table = aggregate(rows, metric)
-    lines = ["| method | " + " | ".join(f"{100 * r:g}% noise" for r in ratios) + " |",
+    # Runs merged from several sources may hold more seeds at some ratios than at others.
+    seeds = {r: len({row["seed"] for row in rows if row["noise"] == r}) for r in ratios}
+    lines = ["| method | " + " | ".join(f"{100 * r:g}% noise ({seeds[r]} seed{'s' * (seeds[r] > 1)})"
+                                       for r in ratios) + " |",
              "|---|" + "---|" * len(ratios)]
     for method in methods:
         cells = [_cell(*table.get((method, r), (float("nan"), float("nan")))) for r in ratios]
