@@ -17,6 +17,7 @@ full-memory nearest neighbour is well above chance on every category.
     python benchmarks/noise_robustness.py --quick            # 3 categories, 0 / 40 %, one seed
     python benchmarks/noise_robustness.py                    # the full run (hours on 2 cores)
     python benchmarks/noise_robustness.py --data /data/mvtec --splits shared/reference/meds-official-splits/mvtec
+    python benchmarks/noise_robustness.py --quick --image-size 320   # a finer patch grid (40 x 40)
     python benchmarks/noise_robustness.py --report bench_out/noise/results.json   # reprint saved tables
     python benchmarks/noise_robustness.py --report seed0.json seeds12.json    # runs made separately, as one
 """
@@ -76,6 +77,13 @@ def _float_list(text: str) -> tuple:
     return tuple(float(x) for x in text.split(","))
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of pixels, got {value}")
+    return value
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="3 categories, 0 and 40%% noise, one seed")
@@ -88,6 +96,9 @@ def main(argv=None) -> int:
     parser.add_argument("--protocols", default=",".join(PROTOCOLS), help="no-overlap, overlap or both (default)")
     parser.add_argument("--variation", type=float, default=VARIATION,
                         help="synthetic set: spread between instances of a defect type (0 = one recurring fault)")
+    parser.add_argument("--image-size", type=_positive_int, default=BENCH_MODEL["image_size"],
+                        help="the model's input side in pixels; the patch grid is 1/8 of it (default: "
+                             "%(default)s, MeDS's default)")
     parser.add_argument("--work", default="bench_out/noise", help="where the synthetic data and results go")
     parser.add_argument("--json", help="results JSON (default: WORK/results.json)")
     parser.add_argument("--report", metavar="JSON", nargs="+", help="only print the tables of saved results "
@@ -127,7 +138,7 @@ def main(argv=None) -> int:
         methods = list(QUICK_METHODS) if args.quick else list(METHODS)
     config = ExperimentConfig(
         noise_ratios=noise, seeds=seeds, methods=methods, protocols=tuple(args.protocols.split(",")),
-        model_kwargs={**BENCH_MODEL, "verbose": False}, meds_kwargs=BENCH_MEDS,
+        model_kwargs={**BENCH_MODEL, "image_size": args.image_size, "verbose": False}, meds_kwargs=BENCH_MEDS,
         split_lists=_split_lists(Path(args.splits)) if args.splits else {},
     )
     datasets = [load_dataset(root, category=c, format=fmt) for c in categories]

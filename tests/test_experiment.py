@@ -1,5 +1,6 @@
 """Summaries of the noise-robustness experiment: merging runs, averaging over seeds."""
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -64,3 +65,29 @@ def test_benchmark_report_merges_saved_runs(tmp_path):
     twice = subprocess.run([sys.executable, str(BENCHMARK), "--report", str(tmp_path / "seed0.json"),
                             str(tmp_path / "seed0.json")], capture_output=True, text=True)
     assert twice.returncode != 0 and "both measured" in twice.stderr
+
+
+def _load_benchmark():
+    spec = importlib.util.spec_from_file_location("noise_robustness", BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_image_size_reaches_the_model(tmp_path, monkeypatch):
+    bench = _load_benchmark()
+    configs = []
+    monkeypatch.setattr(bench, "generate_synthetic", lambda *args, **kwargs: None)
+    monkeypatch.setattr(bench, "load_dataset", lambda root, category, format: category)
+    monkeypatch.setattr(bench, "run_experiment", lambda datasets, config, **kwargs: configs.append(config))
+    argv = ["--quick", "--work", str(tmp_path), "--methods", "meds", "--image-size", "320"]
+    assert bench.main(argv) == 0
+    assert configs[0].model_kwargs["image_size"] == 320
+    assert bench.main(argv[:-2]) == 0
+    assert configs[1].model_kwargs["image_size"] == bench.BENCH_MODEL["image_size"]
+
+
+def test_benchmark_refuses_a_non_positive_image_size(capsys):
+    with pytest.raises(SystemExit):
+        _load_benchmark().main(["--quick", "--image-size", "0"])
+    assert "--image-size: must be a positive number of pixels, got 0" in capsys.readouterr().err
